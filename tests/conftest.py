@@ -1,0 +1,44 @@
+"""Shared fixtures: a tiny OGBench-format dataset made by stepping the real env (no oracles, fast)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("MUJOCO_GL", "disable")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def write_random_dataset(path: str, env_id: str = "cube-single-v0", episodes: int = 3, steps: int = 60, seed: int = 0):
+    """Step the real env with smoothed random actions; write OGBench's on-disk format (+ -val file)."""
+    import gymnasium
+    import ogbench  # noqa: F401
+
+    env = gymnasium.make(env_id, terminate_at_goal=False, mode="data_collection", max_episode_steps=steps + 1)
+    rng = np.random.default_rng(seed)
+    cols = {k: [] for k in ("observations", "actions", "terminals", "qpos", "qvel")}
+    for ep in range(episodes):
+        obs, info = env.reset(seed=seed * 1000 + ep)
+        a = np.zeros(env.action_space.shape, np.float32)
+        for t in range(steps + 1):
+            a = np.clip(0.7 * a + 0.5 * rng.normal(size=a.shape), -1, 1).astype(np.float32)
+            cols["observations"].append(obs.astype(np.float32))
+            cols["actions"].append(a)
+            cols["terminals"].append(t == steps)
+            cols["qpos"].append(env.unwrapped._data.qpos.astype(np.float32).copy())
+            cols["qvel"].append(env.unwrapped._data.qvel.astype(np.float32).copy())
+            obs, _, _, _, info = env.step(a)
+    arrays = {k: np.asarray(v) for k, v in cols.items()}
+    arrays["terminals"] = arrays["terminals"].astype(bool)
+    np.savez_compressed(path, **arrays)
+    np.savez_compressed(path.replace(".npz", "-val.npz"), **arrays)
+    env.close()
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> str:
+    d = tmp_path_factory.mktemp("data")
+    return write_random_dataset(str(d / "cube-single-play-v0.npz"))

@@ -1,0 +1,237 @@
+"""Equation-level tests of trqam.py and qam.py (METHOD.md numbers in each test's docstring).
+
+Each test compares against an independent computation (autodiff through the chain, a Monte-Carlo
+log-likelihood ratio, a Python loop), so a sign, index or scale error fails it.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import qam
+import trqam
+
+K, OBS, D, B = 6, 3, 4, 5
+
+
+def small_flow(seed: int, width: int = 32):
+    net = trqam.VelocityField((width, width), D)
+    params = net.init(jax.random.PRNGKey(seed), jnp.zeros((1, OBS)), jnp.zeros((1, D)), jnp.zeros((1, 1)))["params"]
+    return lambda o, x, t: net.apply({"params": params}, o, x, t)
+
+
+def quad_critic(obs, a):
+    """A smooth 2-member 'ensemble' with a known optimum, shaped (N, B)."""
+    c = jnp.array([0.3, -0.2, 0.1, 0.4])
+    q1 = -jnp.sum((a - c) ** 2, -1) + 0.1 * obs.sum(-1)
+    q2 = -2.0 * jnp.sum((a + c) ** 2, -1)
+    return jnp.stack([q1, q2])
+
+
+def rollout_setup(seed=0):
+    key = jax.random.PRNGKey(seed)
+    k_obs, k_x0, k_eps = jax.random.split(key, 3)
+    obs = jax.random.normal(k_obs, (B, OBS))
+    x0 = 0.5 * jax.random.normal(k_x0, (B, D))
+    eps = jax.random.normal(k_eps, (K - 1, B, D))
+    return obs, x0, eps
+
+
+def test_sample_flow_is_euler_and_clipped():
+    """(1): x_{k+1} = x_k + h v(s, x_k, t_k), output clip(x_K)."""
+    v = small_flow(0)
+    obs, x0, _ = rollout_setup()
+    x0 = 3.0 * x0
+    x, h = x0, 1.0 / K
+    for k in range(K):
+        x = x + h * v(obs, x, jnp.full((B, 1), k * h))
+    np.testing.assert_allclose(trqam.sample_flow(v, obs, x0, K), np.clip(x, -1, 1), rtol=1e-5, atol=1e-6)
+
+
+def test_bc_loss_matches_definition():
+    """(2): E||v(s, (1-t)x0 + t a, t) - (a - x0)||^2, mean over dims, weighted."""
+    v = small_flow(1)
+    obs, a, _ = rollout_setup(1)
+    w = jnp.ones_like(a).at[0, 2:].set(0.0)
+    key = jax.random.PRNGKey(7)
+    k_t, k_x = jax.random.split(key)
+    t = jax.random.uniform(k_t, (B, 1))
+    x0 = jax.random.normal(k_x, a.shape)
+    ref = np.mean(np.mean((v(obs, (1 - t) * x0 + t * a, t) - (a - x0)) ** 2 * w, -1))
+    np.testing.assert_allclose(trqam.bc_flow_loss(v, obs, a, w, key), ref, rtol=1e-6)
+
+
+def test_sde_schedule():
+    """(4): g_k^2 = 2(1 - t_k + h)/(t_k + h) with t_k = k h."""
+    t, g2, h = trqam.sde_schedule(K)
+    for k in range(K):
+        assert t[k] == pytest.approx(k / K)
+        assert g2[k] == pytest.approx(2 * (1 - k / K + 1 / K) / (k / K + 1 / K), rel=1e-6)
+
+
+def test_rollout_matches_loop():
+    """(5): memoryless steps with v_ft for k <= K-2, last step deterministic with v_base."""
+    v_ft, v_base = small_flow(2), small_flow(3)
+    obs, x0, eps = rollout_setup(2)
+    xs, xk = trqam.memoryless_rollout(v_ft, v_base, obs, x0, eps, K)
+    h, x, ref = 1.0 / K, x0, []
+    for k in range(K - 1):
+        ref.append(x)
+        tk = k * h
+        g2 = 2 * (1 - tk + h) / (tk + h)
+        x = x + h * (2 * v_ft(obs, x, jnp.full((B, 1), tk)) - x / (tk + h)) + np.sqrt(h * g2) * eps[k]
+    ref.append(x)
+    x_final = x + h * v_base(obs, x, jnp.full((B, 1), (K - 1) * h))
+    np.testing.assert_allclose(xs, np.stack(ref), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(xk, x_final, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("same_policy", [True, False])
+@pytest.mark.parametrize("shifted", [False, True])
+@pytest.mark.parametrize("module", [trqam, qam])
+def test_lean_adjoint_equals_autodiff_through_base_chain(module, shifted, same_policy):
+    """(6)+(7): a_k = -beta grad_{x_k} mean_i Q(s, clip(x_K)) where x_K is reached from x_k by the base
+    steps Phi_j with what the rollout added on top of them held fixed (the noise; and when
+    v_ft != v_base, also the control term), i.e. the exact discrete adjoint along the trajectory."""
+    v_base = small_flow(5)
+    v_ft = v_base if same_policy else small_flow(4)
+    obs, x0, eps = rollout_setup(3)
+    xs, xk = module.memoryless_rollout(v_ft, v_base, obs, x0, eps, K)
+    beta = 2.5
+    adj_final = module.terminal_adjoint(quad_critic, obs, xk, beta)
+    adjs, _ = module.lean_adjoint(v_base, obs, xs, adj_final, K, shifted=shifted)
+    h = 1.0 / K
+    traj = jnp.concatenate([xs, xk[None]])
+
+    def phi(j, x):
+        tj = j * h
+        vb = v_base(obs, x, jnp.full((B, 1), tj + h if shifted else tj))
+        return x + h * vb if j == K - 1 else x + h * (2 * vb - x / (tj + h))
+
+    offsets = [traj[j + 1] - phi(j, traj[j]) for j in range(K)]  # fixed noise (+ control), constants
+    if same_policy and not shifted:  # the base chain itself: the offsets are exactly the injected noise
+        for j in range(K - 1):
+            g2 = 2 * (1 - j * h + h) / (j * h + h)
+            np.testing.assert_allclose(offsets[j], np.sqrt(h * g2) * eps[j], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(offsets[K - 1], 0.0, atol=1e-5)
+
+    def chain_from(k, x):
+        for j in range(k, K):
+            x = phi(j, x) + offsets[j]
+        return x
+
+    for k in range(K):
+        ref = -beta * jax.grad(lambda x: jnp.sum(jnp.mean(quad_critic(obs, jnp.clip(chain_from(k, x), -1, 1)), 0)))(xs[k])
+        np.testing.assert_allclose(adjs[k], ref, rtol=2e-4, atol=2e-5)
+    # the terminal condition itself, and that the test is not vacuous (gradients not all clipped away)
+    ref_final = -beta * jax.grad(lambda a: jnp.sum(jnp.mean(quad_critic(obs, jnp.clip(a, -1, 1)), 0)))(xk)
+    np.testing.assert_allclose(adj_final, ref_final, rtol=1e-5)
+    assert np.mean(np.abs(np.asarray(adjs[0])) > 1e-4) > 0.5
+
+
+def test_path_kl_equals_monte_carlo_log_likelihood_ratio():
+    """(9): for the stochastic steps k <= K-2, sum_k (2h/g_k^2)||v_ft - v_base||^2 is the KL between the
+    two Gaussian Euler chains (drift b^ft vs b^base, covariance h g_k^2 I): compare with the MC mean of
+    log p_ft(x_{1:K-1}) - log p_base(x_{1:K-1}) on trajectories sampled from the controlled chain."""
+    n = 20000
+    v_ft, v_base = small_flow(6), small_flow(7)
+    key = jax.random.PRNGKey(11)
+    k_x0, k_eps = jax.random.split(key)
+    obs = jnp.zeros((n, OBS)) + 0.3
+    x0 = jax.random.normal(k_x0, (n, D))
+    eps = jax.random.normal(k_eps, (K - 1, n, D))
+    xs, _ = trqam.memoryless_rollout(v_ft, v_base, obs, x0, eps, K)
+    t, g2, h = trqam.sde_schedule(K)
+    llr = jnp.zeros(n)
+    dvs = []
+    for k in range(K - 1):
+        tk = jnp.full((n, 1), t[k])
+        vf, vb = v_ft(obs, xs[k], tk), v_base(obs, xs[k], tk)
+        dvs.append(vf - vb)
+        mu_ft = xs[k] + h * (2 * vf - xs[k] / (t[k] + h))
+        mu_base = xs[k] + h * (2 * vb - xs[k] / (t[k] + h))
+        var = h * g2[k]
+        llr += (jnp.sum((xs[k + 1] - mu_base) ** 2, -1) - jnp.sum((xs[k + 1] - mu_ft) ** 2, -1)) / (2 * var)
+    closed = trqam.path_kl(jnp.stack(dvs), g2[: K - 1], h, horizon=1)
+    mc, se = float(jnp.mean(llr)), float(jnp.std(llr) / np.sqrt(n))
+    assert closed > 10 * se  # the KL is well resolved, so a factor-2 error could not pass
+    assert abs(mc - float(closed)) < 4 * se, (mc, float(closed), se)
+    # per environment step: divided by the chunk length H
+    np.testing.assert_allclose(trqam.path_kl(jnp.stack(dvs), g2[: K - 1], h, horizon=5), closed / 5, rtol=1e-6)
+
+
+def test_trqam_loss_is_lam_eff_times_qam_loss_at_inverse_temperature():
+    """(8): TRQAM's loss at lambda_eff with beta = 1 equals lambda_eff x QAM's loss at inv_temp = 1/lambda_eff,
+    computed through each file's own full loss function on the same parameters, batch and key."""
+    lam, scale = 0.7, 3.0
+    lam_eff = lam * scale
+    common = dict(actor_hidden_dims=(16, 16), value_hidden_dims=(16, 16), num_qs=2, horizon=2, discount=0.99,
+                  rho=0.5, actor_layer_norm=False, flow_steps=K)
+    ta = trqam.Args(**common, kl_budget=1.0, lam_scale=scale, lam_init=lam)
+    qa = qam.Args(**common, inv_temp=1.0 / lam_eff)
+    nets_t, nets_q = trqam.make_nets(ta, OBS, 2), qam.make_nets(qa, OBS, 2)
+    key = jax.random.PRNGKey(0)
+    flow = trqam.init_actor(nets_t, jax.random.PRNGKey(1), OBS)
+    st = trqam.init_state(ta, nets_t, key, OBS, flow)
+    # a fine-tuned policy different from the base, so the loss has both terms
+    policy = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(2), p.shape), flow)
+    params = {**st.params, "policy": policy}
+    sq = qam.init_state(qa, nets_q, key, OBS, flow)
+    batch = _random_batch(jax.random.PRNGKey(3), 8, 2, 2)
+    _, mt = jax.jit(lambda p, s, b, k: trqam.trqam_loss(p, s, b, k, ta, nets_t))(params, st, batch, jax.random.PRNGKey(4))
+    _, mq = jax.jit(lambda p, s, b, k: qam.qam_loss(p, s, b, k, qa, nets_q))(params, sq, batch, jax.random.PRNGKey(4))
+    np.testing.assert_allclose(mt["am_loss"], lam_eff * mq["am_loss"], rtol=1e-4)
+    np.testing.assert_allclose(mt["kl"], mq["kl"], rtol=1e-5)
+    np.testing.assert_allclose(mt["critic_loss"], mq["critic_loss"], rtol=1e-6)
+    assert float(mt["am_loss"]) > 0 and float(mt["kl"]) > 0
+
+
+def test_adjoint_matching_minimiser():
+    """(8): the minimiser is v_ft - v_base = -g_k^2 a_k / (2 lambda_eff) (zero loss there)."""
+    t, g2, h = trqam.sde_schedule(K)
+    adj = jax.random.normal(jax.random.PRNGKey(0), (K, B, D))
+    lam_eff = 2.0
+    dv = -g2[:, None, None] * adj / (2 * lam_eff)
+    assert float(trqam.adjoint_matching_loss(dv, adj, g2, lam_eff)) < 1e-8
+    assert float(trqam.adjoint_matching_loss(-dv, adj, g2, lam_eff)) > 1.0
+
+
+def test_dual_step_direction_bounds_and_clip():
+    """(10): lambda rises while the KL is above budget, falls below it, stays in bounds; D is clipped at c*eps."""
+    a = trqam.Args(kl_budget=1.0)
+    lam, avg = jnp.float32(1.0), jnp.float32(1.0)
+    lam_up, avg_up = trqam.dual_step(lam, avg, jnp.float32(1.5), 1.0, a)
+    assert lam_up > lam and avg_up == pytest.approx(1.05)
+    lam_dn, _ = trqam.dual_step(lam, avg, jnp.float32(0.5), 1.0, a)
+    assert lam_dn < lam
+    # the clip: a huge estimate moves the EMA by rho*(c*eps - avg), not rho*(D - avg)
+    _, avg_c = trqam.dual_step(lam, avg, jnp.float32(1000.0), 1.0, a)
+    assert avg_c == pytest.approx(0.9 * 1.0 + 0.1 * 2.0)
+    # exact step size: lam + eta (Dbar - eps)
+    assert lam_up == pytest.approx(1.0 + 0.01 * (1.05 - 1.0), rel=1e-6)
+    # bounds, after many steps in each direction (a larger eta so that 2000 steps reach them)
+    fast = trqam.Args(kl_budget=1.0, lam_lr=0.1)
+
+    def run(kl_hat):
+        step = lambda c, _: (trqam.dual_step(c[0], c[1], jnp.float32(kl_hat), 1.0, fast), None)  # noqa: E731
+        return jax.lax.scan(step, (lam, avg), None, length=2000)[0]
+
+    lam_hi, avg_hi = run(50.0)
+    lam_lo, _ = run(0.0)
+    assert float(lam_hi) == pytest.approx(fast.lam_max) and float(avg_hi) == pytest.approx(2.0, rel=1e-4)
+    assert float(lam_lo) == pytest.approx(fast.lam_min)
+
+
+def _random_batch(key, n, horizon, act_dim):
+    ks = jax.random.split(key, 5)
+    return {
+        "observations": jax.random.normal(ks[0], (n, OBS)),
+        "next_observations": jax.random.normal(ks[1], (n, OBS)),
+        "actions": jax.random.uniform(ks[2], (n, horizon * act_dim), minval=-1, maxval=1),
+        "rewards": -jax.random.uniform(ks[3], (n,)),
+        "masks": (jax.random.uniform(ks[4], (n,)) > 0.2).astype(jnp.float32),
+        "valid": jnp.ones((n, horizon)).at[0, 1:].set(0.0),
+    }

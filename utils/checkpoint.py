@@ -1,0 +1,65 @@
+"""Atomic checkpoints of pytrees (msgpack), with resume from the newest one."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from typing import Any
+
+import jax
+import numpy as np
+from flax import serialization
+
+from utils.errors import UserError
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Write to a temp file in the same directory, then rename: a reader never sees half a file."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save(path: str, tree: Any, meta: dict | None = None) -> None:
+    """Save a pytree (params, optimizer state, scalars, RNG keys) plus a JSON-able ``meta`` dict."""
+    state = serialization.to_state_dict(jax.device_get(tree))
+    atomic_write(path, serialization.msgpack_serialize({"tree": state, "meta": meta or {}}))
+
+
+def load(path: str, template: Any) -> tuple[Any, dict]:
+    """Restore into the structure of ``template``; one clear error for a corrupt or mismatched file."""
+    try:
+        with open(path, "rb") as f:
+            raw = serialization.msgpack_restore(f.read())
+        tree = serialization.from_state_dict(jax.device_get(template), raw["tree"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"cannot load checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
+    for a, b in zip(jax.tree.leaves(template), jax.tree.leaves(tree)):
+        if np.shape(a) != np.shape(b):
+            raise UserError(f"checkpoint {path} does not match this model: shape {np.shape(b)} vs {np.shape(a)}")
+    return tree, raw.get("meta", {})
+
+
+def step_path(ckpt_dir: str, step: int) -> str:
+    return os.path.join(ckpt_dir, f"step_{step:010d}.msgpack")
+
+
+def latest(ckpt_dir: str) -> str | None:
+    """The newest ``step_*.msgpack`` in ``ckpt_dir`` (None if there is none)."""
+    files = glob.glob(os.path.join(ckpt_dir, "step_*.msgpack"))
+    steps = [(int(re.search(r"step_(\d+)", f).group(1)), f) for f in files]
+    return max(steps)[1] if steps else None
+
+
+def read_meta(path: str) -> dict:
+    """The ``meta`` dict of a checkpoint without restoring its arrays' structure."""
+    try:
+        with open(path, "rb") as f:
+            return serialization.msgpack_restore(f.read()).get("meta", {})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}") from e
