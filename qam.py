@@ -413,7 +413,7 @@ def update(state: TrainState, batch: dict, args: Args, nets: Nets) -> tuple[Trai
         k: jax.tree.map(lambda p, tp: args.tau * p + (1.0 - args.tau) * tp, params[k], state.target[k])
         for k in ("critic", "base")
     }
-    m.update(loss=loss, grad_norm=optax.global_norm(grads))
+    m.update(loss=loss, grad_norm=optax.tree.norm(grads))
     state = state._replace(params=params, target=target, opt_state=opt_state, rng=rng, step=state.step + 1)
     return state, m
 

@@ -445,7 +445,7 @@ def update(state: TrainState, batch: dict, args: Args, nets: Nets) -> tuple[Trai
     lam, kl_avg = dual_step(state.lam, state.kl_avg, m["kl"], state.kl_budget, args)
     m.update(
         loss=loss,
-        grad_norm=optax.global_norm(grads),
+        grad_norm=optax.tree.norm(grads),
         kl_clipped=(m["kl"] > args.kl_clip * state.kl_budget).astype(jnp.float32),
         lam=lam,
         lam_eff=args.lam_scale * lam,

@@ -1,0 +1,142 @@
+"""trqam.py / qam.py end to end on a real OGBench env: pretrain -> offline -> eval, resume, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from flax import serialization
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--env-id", "cube-single-play", "--actor-hidden-dims", "32", "32", "--value-hidden-dims", "32", "32",
+        "--num-qs", "2", "--batch-size", "16", "--flow-steps", "4"]
+
+
+def run(script, *args, check=True, env_extra=None, **kw):
+    env = {**os.environ, "PYTHONPATH": ROOT, "MUJOCO_GL": "disable", "JAX_PLATFORMS": "cpu", **(env_extra or {})}
+    p = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True, text=True, env=env, cwd=ROOT, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{script} failed:\n{p.stderr[-3000:]}")
+    return p
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def final_state(run_dir):
+    ckpts = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))
+    with open(os.path.join(run_dir, "checkpoints", ckpts[-1]), "rb") as f:
+        return serialization.msgpack_restore(f.read())["tree"]
+
+
+def assert_trees_equal(a, b):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_trees_equal(a[k], b[k])
+    else:
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("script", ["trqam.py", "qam.py"])
+def test_pipeline_pretrain_offline_eval(script, tiny_dataset, tmp_path):
+    rd = str(tmp_path / "run")
+    run(script, *TINY, "--dataset-path", tiny_dataset, "--run-dir", rd, "--pretrain-steps", "20", "--offline-steps", "40",
+        "--log-interval", "20", "--eval-interval", "40", "--checkpoint-interval", "40", "--eval-episodes", "2")
+    for f in ("args.json", "train.csv", "eval.csv", "summary.json", "pretrained.msgpack"):
+        assert os.path.exists(os.path.join(rd, f)), f
+    train, ev = read_csv(os.path.join(rd, "train.csv")), read_csv(os.path.join(rd, "eval.csv"))
+    assert [r["phase"] for r in train] == ["pretrain", "offline", "offline"]
+    assert [int(r["step"]) for r in train] == [20, 40, 60]
+    assert {"step", "phase", "success"} <= set(ev[0]) and [int(r["step"]) for r in ev] == [20, 60]
+    assert all(np.isfinite(float(train[-1][k])) for k in ("critic_loss", "bc_loss", "am_loss", "kl"))
+    summary = json.load(open(os.path.join(rd, "summary.json")))
+    assert summary["steps"] == 60 and 0.0 <= summary["final_success"] <= 1.0
+    if script == "trqam.py":
+        assert "lam" in train[-1] and summary["kl_budget"] == 1.0
+    # the pretrained flow is loadable by the other algorithm (two-stage pipeline)
+    other = "qam.py" if script == "trqam.py" else "trqam.py"
+    rd2 = str(tmp_path / "run2")
+    run(other, *TINY, "--dataset-path", tiny_dataset, "--run-dir", rd2, "--pretrained-path", os.path.join(rd, "pretrained.msgpack"),
+        "--offline-steps", "20", "--log-interval", "20", "--eval-episodes", "0")
+    a = serialization.msgpack_restore(open(os.path.join(rd, "pretrained.msgpack"), "rb").read())["tree"]["params"]
+    b = final_state(rd2)
+    assert json.load(open(os.path.join(rd2, "summary.json")))["pretrain_steps"] == 0
+    assert b["params"]["policy"].keys() == a.keys()
+
+
+def test_killed_run_resumes_to_the_same_result(tiny_dataset, tmp_path):
+    """Kill trqam.py after its first offline checkpoint, rerun the same command: same params, lambda, EMA."""
+    common = [*TINY, "--dataset-path", tiny_dataset, "--pretrain-steps", "20", "--offline-steps", "120", "--log-interval", "20",
+              "--eval-interval", "20", "--checkpoint-interval", "20", "--eval-episodes", "3"]
+    ref, rd = str(tmp_path / "ref"), str(tmp_path / "killed")
+    run("trqam.py", *common, "--run-dir", ref)
+
+    env = {**os.environ, "PYTHONPATH": ROOT, "MUJOCO_GL": "disable", "JAX_PLATFORMS": "cpu"}
+    p = subprocess.Popen([sys.executable, "trqam.py", *common, "--run-dir", rd], cwd=ROOT, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = os.path.join(rd, "checkpoints", "step_0000000060.msgpack")  # an offline checkpoint
+    deadline = time.time() + 300
+    while not os.path.exists(target) and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not os.path.exists(os.path.join(rd, "summary.json")), "the run finished before it was killed"
+    assert os.path.exists(target)
+
+    run("trqam.py", *common, "--run-dir", rd)
+    a, b = final_state(ref), final_state(rd)
+    assert_trees_equal(a, b)  # params, targets, optimizer state, lambda, EMA, RNG, step
+    assert float(b["lam"]) == float(a["lam"]) and float(b["kl_avg"]) == float(a["kl_avg"])
+    steps = [int(r["step"]) for r in read_csv(os.path.join(rd, "train.csv"))]
+    assert steps == sorted(set(steps)) and steps[-1] == 140  # no duplicated rows after the resume
+    assert [r["success"] for r in read_csv(os.path.join(rd, "eval.csv"))] == [r["success"] for r in read_csv(os.path.join(ref, "eval.csv"))]
+
+
+@pytest.mark.parametrize(
+    "extra, expect",
+    [
+        (["--env-id", "cube-sextuple-play"], "unknown env"),
+        (["--env-id", "nonsense"], "unknown env"),
+        (["--kl-budget", "0"], "--kl-budget must be positive"),
+        (["--kl-budget", "-1"], "--kl-budget must be positive"),
+    ],
+)
+def test_bad_flags_give_one_line(extra, expect, tmp_path):
+    p = run("trqam.py", *TINY, "--run-dir", str(tmp_path / "r"), *extra, check=False)
+    assert p.returncode != 0
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in p.stderr and lines[-1].startswith("error:") and expect in lines[-1]
+
+
+def test_missing_corrupt_and_mismatched_data(tiny_dataset, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    p = run("trqam.py", *TINY, "--run-dir", str(tmp_path / "r"), check=False, env_extra={"OGBENCH_DATA_DIR": str(empty)})
+    last = p.stderr.strip().splitlines()[-1]
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert str(empty / "cube-single-play-v0.npz") in last and "python -m utils.generate --env-id cube-single-play" in last
+
+    bad = tmp_path / "cube-single-play-v0.npz"
+    bad.write_bytes(b"not a zip file at all")
+    p = run("qam.py", *TINY, "--dataset-path", str(bad), "--run-dir", str(tmp_path / "r2"), check=False)
+    assert p.returncode != 0 and "Traceback" not in p.stderr and str(bad) in p.stderr.strip().splitlines()[-1]
+
+    truncated = tmp_path / "trunc.npz"
+    truncated.write_bytes(open(tiny_dataset, "rb").read()[:500])
+    p = run("trqam.py", *TINY, "--dataset-path", str(truncated), "--run-dir", str(tmp_path / "r3"), check=False)
+    assert p.returncode != 0 and "Traceback" not in p.stderr and str(truncated) in p.stderr.strip().splitlines()[-1]
+
+    # a cube-single file given to cube-double: dims do not match the env
+    p = run("trqam.py", *TINY[2:], "--env-id", "cube-double-play", "--dataset-path", tiny_dataset, "--run-dir", str(tmp_path / "r4"), check=False)
+    last = p.stderr.strip().splitlines()[-1]
+    assert p.returncode != 0 and "Traceback" not in p.stderr and "dims" in last and "expects 37/5" in last

@@ -1,0 +1,142 @@
+"""Chunk sampling (3) against a brute-force reference; the update under vmap and jit."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import qam
+import trqam
+from utils import data as datalib
+
+EP_LENS = [4, 7, 3, 6, 2, 5]  # several episode boundaries, one shorter than the chunk
+
+
+def small_dataset(seed=0, obs_dim=3, act_dim=2):
+    rng = np.random.default_rng(seed)
+    n = sum(EP_LENS)
+    term = np.zeros(n, np.float32)
+    term[np.cumsum(EP_LENS) - 1] = 1.0
+    masks = np.ones(n, np.float32)
+    masks[[2, 3, 9, 15]] = 0.0  # task solved at some states
+    return {
+        "observations": rng.normal(size=(n, obs_dim)).astype(np.float32),
+        "next_observations": rng.normal(size=(n, obs_dim)).astype(np.float32),
+        "actions": rng.uniform(-1, 1, size=(n, act_dim)).astype(np.float32),
+        "rewards": -rng.integers(0, 3, size=n).astype(np.float32),
+        "masks": masks,
+        "terminals": term,
+    }
+
+
+def brute_force_chunk(d, i, horizon, gamma):
+    valid, done = [], False
+    for j in range(horizon):
+        valid.append(0.0 if done else 1.0)
+        done = done or d["terminals"][i + j] == 1.0
+    ret = sum(gamma**j * d["rewards"][i + j] for j in range(horizon) if valid[j])
+    mask = min(d["masks"][i + j] for j in range(horizon) if valid[j])
+    acts = np.concatenate([d["actions"][i + j] for j in range(horizon)])
+    return {
+        "observations": d["observations"][i],
+        "actions": acts,
+        "next_observations": d["next_observations"][i + horizon - 1],
+        "rewards": ret,
+        "masks": mask,
+        "valid": np.array(valid),
+    }
+
+
+@pytest.mark.parametrize("horizon", [1, 3, 5])
+def test_chunks_equal_brute_force(horizon):
+    """(3): R = sum_j gamma^j r_j over valid steps, m_H = min masks, valid stops at an episode end."""
+    d = small_dataset()
+    n, gamma = len(d["rewards"]), 0.9
+    idx = jnp.arange(n - horizon + 1)
+    got = jax.device_get(datalib.chunk_at(datalib.to_device(d), idx, horizon, gamma))
+    n_invalid = 0
+    for i in range(n - horizon + 1):
+        ref = brute_force_chunk(d, i, horizon, gamma)
+        np.testing.assert_array_equal(got["valid"][i], ref["valid"])
+        for k in ("observations", "actions", "next_observations"):
+            np.testing.assert_array_equal(got[k][i], ref[k])
+        np.testing.assert_allclose(got["rewards"][i], ref["rewards"], rtol=1e-6)
+        if ref["valid"][-1] == 1.0:  # the mask only matters where the TD loss is on
+            assert got["masks"][i] == ref["masks"]
+        n_invalid += ref["valid"][-1] == 0.0
+    assert horizon == 1 or n_invalid > 0  # the test really crosses boundaries
+
+
+def test_sample_chunks_range():
+    d = datalib.to_device(small_dataset())
+    n, h = d["rewards"].shape[0], 5
+    batch = datalib.sample_chunks(d, jax.random.PRNGKey(0), 4096, h, 0.99)
+    starts = np.asarray(batch["observations"])
+    rows = {tuple(r): i for i, r in enumerate(np.asarray(d["observations"]))}
+    idx = np.array([rows[tuple(r)] for r in starts])
+    assert idx.min() == 0 and idx.max() == n - h  # every start in [0, N - H] is reachable, none beyond
+
+
+def tiny(module, **kw):
+    common = dict(actor_hidden_dims=(16, 16), value_hidden_dims=(16, 16), num_qs=2, horizon=2, discount=0.99,
+                  rho=0.5, actor_layer_norm=False, batch_size=8, flow_steps=4)
+    common.update(kw)
+    args = module.Args(**common, **({"kl_budget": 0.5} if module is trqam else {"inv_temp": 3.0}))
+    nets = module.make_nets(args, 3, 2)
+    return args, nets
+
+
+def make_state(module, args, nets, seed):
+    key = jax.random.PRNGKey(seed)
+    return module.init_state(args, nets, key, 3, module.init_actor(nets, jax.random.fold_in(key, 1), 3))
+
+
+@pytest.mark.parametrize("module", [trqam, qam])
+def test_vmap_over_seeds_equals_separate_runs(module):
+    args, nets = tiny(module)
+    data = datalib.to_device(small_dataset())
+    block = module.make_train_block(args, nets, 3)
+    s0, s1 = make_state(module, args, nets, 0), make_state(module, args, nets, 1)
+    stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), s0, s1)
+    vs, _ = jax.vmap(block, in_axes=(0, None))(stacked, data)
+    for i, s in enumerate((s0, s1)):
+        sep, _ = block(s, data)
+        for a, b in zip(jax.tree.leaves(sep), jax.tree.leaves(vs)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b)[i], rtol=2e-5, atol=1e-6)
+    assert not np.allclose(np.asarray(vs.params["policy"]["MLP_0"]["Dense_0"]["kernel"][0]),
+                           np.asarray(vs.params["policy"]["MLP_0"]["Dense_0"]["kernel"][1]))
+
+
+@pytest.mark.parametrize("module", [trqam, qam])
+def test_no_retracing_after_first_update(module):
+    args, nets = tiny(module)
+    data = datalib.to_device(small_dataset())
+    block = module.make_train_block(args, nets, 2)
+    state = make_state(module, args, nets, 0)
+    before = module.TRACES["train"]
+    for _ in range(4):
+        state, m = block(state, data)
+    assert module.TRACES["train"] - before == 1
+    assert block._cache_size() == 1
+    if module is trqam:  # the budget is state, so switching it (online phase) does not retrace either
+        state = state._replace(kl_budget=jnp.float32(2.0))
+        block(state, data)
+        assert module.TRACES["train"] - before == 1
+
+
+def test_trqam_update_moves_lambda_toward_budget():
+    """One update applies (10) with that update's own KL estimate."""
+    args, nets = tiny(trqam)
+    state = make_state(trqam, args, nets, 0)._replace(kl_avg=jnp.float32(0.5))
+    data = datalib.to_device(small_dataset())
+    batch = datalib.sample_chunks(data, jax.random.PRNGKey(0), 8, 2, 0.99)
+    new, m = jax.jit(lambda s, b: trqam.update(s, b, args, nets))(state, batch)
+    exp_avg = 0.9 * 0.5 + 0.1 * min(float(m["kl"]), 2 * 0.5)
+    assert float(new.kl_avg) == pytest.approx(exp_avg, rel=1e-5)
+    assert float(new.lam) == pytest.approx(np.clip(1.0 + 0.01 * (exp_avg - 0.5), 0.01, 100), rel=1e-6)
+    # Polyak: target moves tau of the way to the new parameters
+    for new_t, new_p, old_t in zip(*(jax.tree.leaves(t) for t in (new.target, {k: new.params[k] for k in ("base", "critic")}, state.target))):
+        np.testing.assert_allclose(new_t, 0.005 * np.asarray(new_p) + 0.995 * np.asarray(old_t), rtol=1e-5, atol=1e-7)
+    assert not np.allclose(jax.tree.leaves(new.params["critic"])[0], jax.tree.leaves(state.params["critic"])[0])
