@@ -70,7 +70,7 @@ def generate_command(env_name: str, out_dir: str, episodes: int = 1000) -> str:
     return f"python -m utils.generate --env-id {short} --episodes {episodes} --seed 0 --workers 8 --out {out_dir}"
 
 
-def resolve_dataset_path(env_name: str, dataset_path: str | None, generate_missing: int = 0, seed: int = 0) -> str:
+def resolve_dataset_path(env_name: str, dataset_path: str | None, generate_missing: int = 0) -> str:
     """`--dataset-path` (file or shard dir) if given, else the default data dir; generate on request."""
     _, dataset_name, domain = split_env_name(env_name)
     if dataset_path is not None:
@@ -89,7 +89,8 @@ def resolve_dataset_path(env_name: str, dataset_path: str | None, generate_missi
             raise UserError(f"cannot generate data for '{domain}': only manipulation domains have scripted oracles")
         from utils.generate import generate_dataset
 
-        return generate_dataset(dataset_name, episodes=generate_missing, seed=seed, out_dir=out_dir)
+        # data seed fixed at 0 (not the training seed): runs with different seeds share one dataset
+        return generate_dataset(dataset_name, episodes=generate_missing, seed=0, out_dir=out_dir, workers=os.cpu_count() or 1)
     how = (
         f"generate one with `{generate_command(env_name, out_dir)}` or pass --generate-missing N"
         if domain in MANIP_DOMAINS
