@@ -137,6 +137,7 @@ def test_missing_corrupt_and_mismatched_data(tiny_dataset, tmp_path):
     assert p.returncode != 0 and "Traceback" not in p.stderr and str(truncated) in p.stderr.strip().splitlines()[-1]
 
     # a cube-single file given to cube-double: dims do not match the env
-    p = run("trqam.py", *TINY[2:], "--env-id", "cube-double-play", "--dataset-path", tiny_dataset, "--run-dir", str(tmp_path / "r4"), check=False)
+    p = run("trqam.py", *TINY[2:], "--env-id", "cube-double-play", "--dataset-path", tiny_dataset,
+            "--run-dir", str(tmp_path / "r4"), check=False)
     last = p.stderr.strip().splitlines()[-1]
     assert p.returncode != 0 and "Traceback" not in p.stderr and "dims" in last and "expects 37/5" in last

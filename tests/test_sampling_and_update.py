@@ -103,7 +103,7 @@ def test_vmap_over_seeds_equals_separate_runs(module):
     vs, _ = jax.vmap(block, in_axes=(0, None))(stacked, data)
     for i, s in enumerate((s0, s1)):
         sep, _ = block(s, data)
-        for a, b in zip(jax.tree.leaves(sep), jax.tree.leaves(vs)):
+        for a, b in zip(jax.tree.leaves(sep), jax.tree.leaves(vs), strict=True):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b)[i], rtol=2e-5, atol=1e-6)
     assert not np.allclose(np.asarray(vs.params["policy"]["MLP_0"]["Dense_0"]["kernel"][0]),
                            np.asarray(vs.params["policy"]["MLP_0"]["Dense_0"]["kernel"][1]))
@@ -137,6 +137,7 @@ def test_trqam_update_moves_lambda_toward_budget():
     assert float(new.kl_avg) == pytest.approx(exp_avg, rel=1e-5)
     assert float(new.lam) == pytest.approx(np.clip(1.0 + 0.01 * (exp_avg - 0.5), 0.01, 100), rel=1e-6)
     # Polyak: target moves tau of the way to the new parameters
-    for new_t, new_p, old_t in zip(*(jax.tree.leaves(t) for t in (new.target, {k: new.params[k] for k in ("base", "critic")}, state.target))):
+    trained = {k: new.params[k] for k in ("base", "critic")}
+    for new_t, new_p, old_t in zip(*(jax.tree.leaves(t) for t in (new.target, trained, state.target)), strict=True):
         np.testing.assert_allclose(new_t, 0.005 * np.asarray(new_p) + 0.995 * np.asarray(old_t), rtol=1e-5, atol=1e-7)
     assert not np.allclose(jax.tree.leaves(new.params["critic"])[0], jax.tree.leaves(state.params["critic"])[0])

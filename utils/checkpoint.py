@@ -39,7 +39,7 @@ def load(path: str, template: Any) -> tuple[Any, dict]:
         tree = serialization.from_state_dict(jax.device_get(template), raw["tree"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"cannot load checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
-    for a, b in zip(jax.tree.leaves(template), jax.tree.leaves(tree)):
+    for a, b in zip(jax.tree.leaves(template), jax.tree.leaves(tree), strict=True):
         if np.shape(a) != np.shape(b):
             raise UserError(f"checkpoint {path} does not match this model: shape {np.shape(b)} vs {np.shape(a)}")
     return tree, raw.get("meta", {})
