@@ -3,9 +3,13 @@
 Fine-tunes a BC-pretrained flow policy by adjoint matching on the memoryless SDE, guided by a
 learned critic, while projected dual descent on the trust-region parameter lambda holds the
 closed-form path-space KL to the behaviour prior at a budget. Equation numbers (N) refer to
-``docs/METHOD.md``. Read top to bottom: Args, networks, flow math, TRQAM update, training loop.
+``docs/METHOD.md``. Read top to bottom: Args, networks, flow math, TRQAM update, online phase, training loop.
 
     python trqam.py --env-id cube-double-play --task-id 2 --offline-steps 1000000
+    python trqam.py --env-id cube-double-play --task-id 2 --offline-steps 1000000 --online-steps 500000
+
+Online (METHOD 7): the replay buffer starts as the whole dataset; one dispatch per env step inserts the
+transition and runs --utd-ratio updates; finished training episodes go to online_episodes.csv.
 """
 
 from __future__ import annotations
@@ -15,9 +19,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
-from typing import Any, Callable, Literal, NamedTuple, Optional
+from typing import Any, Literal, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
@@ -26,7 +30,7 @@ import numpy as np
 import optax
 import tyro
 
-from utils import checkpoint
+from utils import checkpoint, replay
 from utils import data as datalib
 from utils.errors import UserError
 from utils.evaluate import evaluate
@@ -63,6 +67,18 @@ class Args:
     pretrained_path: Optional[str] = None
     """a flow checkpoint (pretrained.msgpack) from any algorithm's BC stage"""
     offline_steps: int = 1_000_000
+    online_steps: int = 0
+    """environment steps of online fine-tuning after the offline phase (paper: 500K; METHOD 7)"""
+
+    # offline -> online (METHOD 7): replay buffer seeded with the whole dataset
+    utd_ratio: int = 1
+    """updates per environment step (run in the same dispatch as inserting the step's transition)"""
+    start_training: int = 5_000
+    """environment steps collected before online updates begin"""
+    balanced_sampling: bool = False
+    """draw half of each online batch from the dataset's rows and half from the online rows"""
+    online_max_episode_steps: Optional[int] = None
+    """time limit of the online training env's episodes (default: the env's own)"""
 
     # networks and optimisation (METHOD 2)
     batch_size: int = 256
@@ -88,6 +104,8 @@ class Args:
     # trust region (METHOD 5, eq. 10)
     kl_budget: Optional[float] = None
     """path-KL budget epsilon per environment step (default 1.0; cube-triple 0.5; puzzle-4x4 4.0)"""
+    kl_budget_online: Optional[float] = None
+    """epsilon from the start of the online phase on (default: --kl-budget); lambda and its EMA carry over"""
     lam_init: float = 1.0
     lam_lr: float = 0.01
     """eta, the dual step size"""
@@ -145,15 +163,22 @@ def resolve_args(args: Args) -> Args:
         actor_layer_norm=dd["actor_ln"],
     )
     args = dataclasses.replace(args, **{k: v for k, v in fill.items() if getattr(args, k) is None})
+    if args.kl_budget_online is None:
+        args = dataclasses.replace(args, kl_budget_online=args.kl_budget)
     checks = [
         (args.kl_budget > 0, f"--kl-budget must be positive, got {args.kl_budget}"),
+        (args.kl_budget_online > 0, f"--kl-budget-online must be positive, got {args.kl_budget_online}"),
         (0 < args.lam_min <= args.lam_init <= args.lam_max, "need 0 < --lam-min <= --lam-init <= --lam-max"),
         (args.lam_scale > 0, "--lam-scale must be positive"),
         (args.flow_steps >= 2, "--flow-steps must be at least 2"),
         (args.horizon >= 1 and args.batch_size >= 1 and args.num_qs >= 2, "need --horizon, --batch-size >= 1, --num-qs >= 2"),
         (0 < args.discount <= 1 and 0 < args.tau <= 1, "need 0 < --discount <= 1 and 0 < --tau <= 1"),
         (min(args.log_interval, args.eval_interval, args.checkpoint_interval) > 0, "intervals must be positive"),
-        (args.offline_steps >= 0 and args.pretrain_steps >= 0, "step counts must be non-negative"),
+        (min(args.offline_steps, args.pretrain_steps, args.online_steps, args.start_training) >= 0, "step counts must be non-negative"),
+        (args.utd_ratio >= 1, f"--utd-ratio must be at least 1, got {args.utd_ratio}"),
+        (not args.balanced_sampling or args.start_training >= args.horizon,
+         f"--balanced-sampling needs --start-training >= the chunk length {args.horizon} (online rows to sample from)"),
+        (args.online_max_episode_steps is None or args.online_max_episode_steps >= 1, "--online-max-episode-steps must be positive"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -450,12 +475,13 @@ def update(state: TrainState, batch: dict, args: Args, nets: Nets) -> tuple[Trai
         lam=lam,
         lam_eff=args.lam_scale * lam,
         kl_avg=kl_avg,
+        kl_budget=state.kl_budget,
     )
     state = state._replace(params=params, target=target, opt_state=opt_state, lam=lam, kl_avg=kl_avg, rng=rng, step=state.step + 1)
     return state, m
 
 
-TRACES = {"train": 0, "pretrain": 0}  # incremented at trace time only: a test checks for retracing
+TRACES = {"train": 0, "pretrain": 0, "online": 0}  # incremented at trace time only: a test checks for retracing
 
 
 def make_train_block(args: Args, nets: Nets, n: int):
@@ -521,6 +547,115 @@ def make_actor(nets: Nets, args: Args, act_dim: int):
     return act
 
 
+# ================================================================ online fine-tuning (METHOD 7)
+def make_online_step(args: Args, nets: Nets, n_offline: int, n_updates: int):
+    """One environment step in one dispatch: write its transition into the replay buffer (donated, so
+    in place), then ``n_updates`` updates (lax.scan) on chunks (3) sampled from the filled rows.
+    Update metrics are summed into ``acc`` and averaged at each log row."""
+
+    def step(state: TrainState, buf: dict, size: jax.Array, row: dict, acc: dict) -> tuple[TrainState, dict, dict]:
+        TRACES["online"] += 1
+        buf = replay.insert(buf, size, row)
+        if n_updates == 0:
+            return state, buf, acc
+
+        def body(state, _):
+            key, rng = jax.random.split(state.rng)
+            batch = replay.sample(buf, key, args.batch_size, nets.horizon, args.discount, size + 1, n_offline, args.balanced_sampling)
+            return update(state._replace(rng=rng), batch, args, nets)
+
+        state, ms = jax.lax.scan(body, state, None, length=n_updates)
+        acc = {k: acc[k] + (n_updates if k == "updates" else ms[k].sum()) for k in acc}
+        return state, buf, acc
+
+    return jax.jit(step, donate_argnums=(1,))
+
+
+def zero_metrics(state: TrainState, buf: dict, args: Args, nets: Nets) -> dict:
+    """The online metric accumulator: the update count and a zero sum per update metric."""
+
+    def one(s, b):
+        return update(s, datalib.sample_chunks(b, s.rng, args.batch_size, nets.horizon, args.discount), args, nets)[1]
+
+    return {"updates": jnp.int32(0), **{k: jnp.float32(0.0) for k in jax.eval_shape(one, state, buf)}}
+
+
+def online_phase(state: TrainState, buf: dict, n_offline: int, env, act, args: Args, nets: Nets, logger: RunLogger,
+                 step0: int, run_eval: Callable, ckpt_dir: str, resume_path: Optional[str]) -> tuple[TrainState, dict]:
+    """Offline -> online (METHOD 7). Acts by (1) once per chunk and runs the chunk open-loop, stores every
+    env step in the replay buffer ``buf`` (the dataset's ``n_offline`` rows, then the online rows) and, from
+    --start-training env steps on, takes --utd-ratio updates per env step. Global step = ``step0`` + env steps.
+    A checkpoint holds the train state, the online rows, the env's state, the action queue and the episode."""
+    N, H, act_dim = args.online_steps, nets.horizon, env.action_space.shape[0]
+    steps = {n: make_online_step(args, nets, n_offline, n) for n in {0, args.utd_ratio}}
+    act_key = jax.random.fold_in(jax.random.PRNGKey(args.seed), 0x0417)  # acting noise: a function of (seed, env step)
+    acc = zero_metrics(state, buf, args, nets)
+    t, episode, ep_return, ep_length, queue, exact = 0, 0, 0.0, 0, [], True
+    obs, _ = env.reset(seed=replay.episode_seed(args.seed, 0))
+
+    def tree(rows: dict) -> dict:  # what a checkpoint holds (current values of state, acc, queue, env)
+        q = np.zeros((H, act_dim), np.float32)
+        q[: len(queue)] = np.reshape(queue, (-1, act_dim))
+        return {"state": state, "rows": rows, "acc": acc, "queue": q, "env": replay.env_snapshot(env)}
+
+    if resume_path is not None:  # the buffer's online rows, then the env by replaying the current episode
+        t = int(checkpoint.read_meta(resume_path)["env_step"])
+        if t > N:
+            raise UserError(f"{resume_path} is at online env step {t}, past --online-steps {N}: use another --run-dir")
+        rows = {k: np.zeros((t,) + buf[k].shape[1:], np.float32) for k in replay.KEYS}
+        ck, meta = checkpoint.load(resume_path, tree(rows))
+        state, acc, buf = ck["state"], ck["acc"], replay.restore_rows(buf, n_offline, ck["rows"])
+        episode, ep_return, ep_length = int(meta["episode"]), float(meta["episode_return"]), int(meta["episode_length"])
+        queue = list(ck["queue"][: int(meta["queue_len"])])
+        obs, exact = replay.restore_env(env, replay.episode_seed(args.seed, episode), ck["rows"]["actions"][t - ep_length : t], ck["env"])
+        if not exact:
+            print("warning: replaying the current episode did not reproduce the saved env state (another MuJoCo "
+                  "build?); set it from the snapshot, so this run is no longer bit-identical", file=sys.stderr)
+    else:  # METHOD 5: the online budget from here on; lambda and its EMA carry over
+        state = state._replace(kl_budget=jnp.float32(args.kl_budget_online))
+
+    t_begin, wall_begin = t, time.time()
+    while t < N:
+        if not queue:  # one policy call per chunk: (1) with fresh noise, then executed open-loop
+            key = jax.random.fold_in(act_key, t)
+            queue = list(np.asarray(act(state.params["policy"], jnp.asarray(obs, jnp.float32), key)))
+        action = queue.pop(0)
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        r = -float(reward != 0) if args.sparse else float(reward)  # the dataset's reward mapping
+        row = replay.make_transition(obs, action, next_obs, r, terminated, truncated)
+        n_upd = args.utd_ratio if t + 1 >= args.start_training else 0
+        state, buf, acc = steps[n_upd](state, buf, np.int32(n_offline + t), row, acc)
+        t, obs, ep_return, ep_length = t + 1, next_obs, ep_return + float(reward), ep_length + 1
+        if terminated or truncated:  # the pending chunk is dropped at an episode's end
+            success = float(info.get("success", 0.0))
+            ep_row = {"phase_step": t, "episode": episode, "return": ep_return, "success": success, "length": ep_length}
+            logger.log_episode(step0 + t, ep_row)
+            episode, ep_return, ep_length, queue = episode + 1, 0.0, 0, []
+            obs, _ = env.reset(seed=replay.episode_seed(args.seed, episode))
+
+        if t % args.log_interval == 0 or t == N:
+            sums = {k: float(v) for k, v in jax.device_get(acc).items()}
+            n = int(sums.pop("updates"))
+            metrics = {k: v / n for k, v in sums.items()} if n else {}
+            if not all(math.isfinite(v) for v in metrics.values()):
+                bad = ", ".join(k for k, v in metrics.items() if not math.isfinite(v))
+                raise UserError(f"non-finite {bad} at online env step {t}; the last good checkpoint is kept")
+            lam = float(state.lam)  # the current dual state, not block averages
+            metrics.update(lam=lam, lam_eff=args.lam_scale * lam, kl_avg=float(state.kl_avg), kl_budget=float(state.kl_budget))
+            counts = {"phase_step": t, "updates": n, "buffer_size": n_offline + t, "episodes": episode}
+            logger.log_train(step0 + t, "online", {**counts, **metrics})
+            acc = jax.tree.map(jnp.zeros_like, acc)
+        if args.eval_episodes > 0 and (t % args.eval_interval == 0 or t == N):
+            run_eval(state.params["policy"], step0 + t, "online", t)
+        if t % args.checkpoint_interval == 0 or t == N:
+            meta = {"phase": "online", "step": step0 + t, "env_step": t, "episode": episode, "episode_return": ep_return,
+                    "episode_length": ep_length, "queue_len": len(queue)}
+            checkpoint.save(checkpoint.step_path(ckpt_dir, step0 + t), tree(replay.online_rows(buf, n_offline, n_offline + t)), meta)
+
+    rate = (t - t_begin) / max(time.time() - wall_begin, 1e-9)
+    return state, {"online_steps": N, "online_episodes": episode, "online_env_steps_per_s": rate, "env_restored_exactly": exact}
+
+
 # =============================================================================== training loop
 def run_phase(name, state, make_block, data, start, end, phase_start, args: Args, logger, on_boundary):
     """Advance ``state`` from global step ``start`` to ``end`` in scanned blocks aligned (relative to
@@ -556,11 +691,12 @@ def load_flow(path: str, template: dict, obs_dim: int, nets: Nets) -> dict:
 
 
 def main(args: Args) -> dict:
-    """BC pretraining (optional) -> offline TRQAM, with evaluation, CSV logs, checkpoints, resume."""
+    """BC pretraining (optional) -> offline TRQAM -> online TRQAM (optional), with evaluation, CSV logs,
+    checkpoints and resume. Global steps: pretraining [0, P), offline [P, P + O), then one per env step."""
     args = resolve_args(args)
     env_name = datalib.full_env_name(args.env_id, args.task_id)
     eval_env = datalib.make_env(env_name)
-    path = datalib.resolve_dataset_path(env_name, args.dataset_path, args.generate_missing, args.seed)
+    path = datalib.resolve_dataset_path(env_name, args.dataset_path, args.generate_missing)
     data_np = datalib.load_dataset(env_name, path, args.sparse)
     if data_np["rewards"].shape[0] < args.horizon:
         raise UserError(f"{path} has fewer transitions than one action chunk")
@@ -574,30 +710,33 @@ def main(args: Args) -> dict:
     key_pre, key_init = jax.random.split(jax.random.PRNGKey(args.seed))
     flow_template = init_actor(nets, key_pre, obs_dim)
     P = args.pretrain_steps if args.pretrained_path is None else 0  # global steps [0, P) pretrain, then offline
-    total = P + args.offline_steps
+    off_end = P + args.offline_steps
+    total = off_end + args.online_steps
 
     def fresh_pretrain() -> PretrainState:
         return PretrainState(flow_template, nets.tx.init(flow_template), key_pre, jnp.int32(0))
 
     # resume: the newest checkpoint says which phase and step we are at
-    state, pre_state, start = None, None, 0
+    state, pre_state, start, online_resume = None, None, 0, None
     latest = checkpoint.latest(ckpt_dir)
     if latest is not None:
         meta = checkpoint.read_meta(latest)
         if meta.get("phase") == "pretrain":
             pre_state = checkpoint.load(latest, fresh_pretrain())[0]
+        elif meta.get("phase") == "online":  # restored by the online phase, together with the buffer and env
+            state, online_resume = init_state(args, nets, key_init, obs_dim, flow_template), latest
         else:
             state = checkpoint.load(latest, init_state(args, nets, key_init, obs_dim, flow_template))[0]
         start = int(meta["step"])
     logger = RunLogger(run_dir, args, total, start, resumed=latest is not None)
     t0, last_eval = time.time(), {}
 
-    def run_eval(params: dict, step: int) -> None:
+    def run_eval(params: dict, step: int, phase: str = "offline", phase_step: Optional[int] = None) -> None:
         seed = args.seed * 1_000_003 + step  # episodes depend only on (seed, step): resume-stable
         key = jax.random.PRNGKey(seed)
         act_chunk = lambda o, i: np.asarray(act(params, jnp.asarray(o, jnp.float32), jax.random.fold_in(key, i)))  # noqa: E731
         last_eval.update(evaluate(eval_env, act_chunk, args.eval_episodes, seed))
-        logger.log_eval(step, "offline", {"phase_step": step - P, **last_eval})
+        logger.log_eval(step, phase, {"phase_step": step - P if phase_step is None else phase_step, **last_eval})
 
     # ---- stage 1: BC pretraining of the flow (2); saved as a checkpoint every algorithm can load
     if state is None and P > 0:
@@ -624,17 +763,26 @@ def main(args: Args) -> dict:
 
     def off_boundary(s: TrainState, step: int) -> TrainState:
         rel = step - P
-        if args.eval_episodes > 0 and (rel % args.eval_interval == 0 or step == total):
+        if args.eval_episodes > 0 and (rel % args.eval_interval == 0 or step == off_end):
             run_eval(s.params["policy"], step)
-        if rel % args.checkpoint_interval == 0 or step == total:
+        if rel % args.checkpoint_interval == 0 or step == off_end:
             checkpoint.save(checkpoint.step_path(ckpt_dir, step), s, {"phase": "offline", "step": step})
         return s
 
-    state = run_phase("offline", state, lambda n: make_train_block(args, nets, n), data, start, total, P,
+    state = run_phase("offline", state, lambda n: make_train_block(args, nets, n), data, start, off_end, P,
                       args, logger, off_boundary)
 
+    # ---- stage 3: online TRQAM in a training env; the replay buffer starts as the whole dataset
+    online: dict[str, Any] = {}
+    if args.online_steps > 0:
+        limit = {} if args.online_max_episode_steps is None else {"max_episode_steps": args.online_max_episode_steps}
+        buf, n_offline = replay.init_buffer(data, args.online_steps), int(data_np["rewards"].shape[0])
+        del data  # the buffer holds the dataset now
+        state, online = online_phase(state, buf, n_offline, datalib.make_env(env_name, **limit), act, args, nets, logger,
+                                     off_end, run_eval, ckpt_dir, online_resume)
+
     summary = {
-        "env": env_name, "algorithm": "trqam", "steps": total, "offline_steps": args.offline_steps,
+        "env": env_name, "algorithm": "trqam", "steps": total, "offline_steps": args.offline_steps, **online,
         "pretrain_steps": P, "final_success": last_eval.get("success"), "final_eval": dict(last_eval),
         "lam": float(state.lam), "kl_avg": float(state.kl_avg), "kl_budget": float(state.kl_budget),
         "session_wall_time_s": time.time() - t0, "run_dir": run_dir, "dataset": path,

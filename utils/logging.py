@@ -63,7 +63,8 @@ class CSVLog:
 
 
 class RunLogger:
-    """train.csv / eval.csv in the run directory, wandb when ``track``, and a tqdm bar on stderr."""
+    """train.csv / eval.csv / online_episodes.csv in the run directory, wandb when ``track``, and a tqdm
+    bar on stderr (its rate is environment steps/s in the online phase)."""
 
     def __init__(self, run_dir: str, args: Any, total_steps: int, start_step: int, resumed: bool):
         self.run_dir = run_dir
@@ -72,6 +73,7 @@ class RunLogger:
         resume_step = start_step if resumed else None
         self.train = CSVLog(os.path.join(run_dir, "train.csv"), resume_step)
         self.eval = CSVLog(os.path.join(run_dir, "eval.csv"), resume_step)
+        self.episodes = CSVLog(os.path.join(run_dir, "online_episodes.csv"), resume_step)
         self.wandb = None
         if args.track:
             import wandb
@@ -97,7 +99,9 @@ class RunLogger:
         now = time.time()
         rate = (step - self._step) / max(now - self._t, 1e-9)
         self._t, self._step = now, step
-        self.postfix["steps/s"] = f"{rate:.0f}"
+        label = "env_steps/s" if phase == "online" else "steps/s"  # online: global steps are env steps
+        self.postfix.pop("steps/s" if phase == "online" else "env_steps/s", None)
+        self.postfix[label] = f"{rate:.0f}"
         for k in ("lam", "kl"):
             if k in metrics and math.isfinite(metrics[k]):
                 self.postfix[k] = f"{metrics[k]:.3g}"
@@ -110,6 +114,12 @@ class RunLogger:
             self.wandb.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
         self.postfix["success"] = f"{metrics['success']:.2f}"
         self.bar.set_postfix(self.postfix)
+
+    def log_episode(self, step: int, metrics: dict[str, float]) -> None:
+        """One finished online training episode (return, success, length) in online_episodes.csv."""
+        self.episodes.write({"step": step, "phase": "online", **metrics})
+        if self.wandb is not None:
+            self.wandb.log({f"online/{k}": v for k, v in metrics.items()}, step=step)
 
     def close(self, summary: dict[str, Any]) -> None:
         self.bar.close()

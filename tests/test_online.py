@@ -1,0 +1,242 @@
+"""Offline -> online fine-tuning (METHOD 7): replay buffer rows, budget switch, kill-and-resume, env restore.
+
+The end-to-end runs use tiny networks on the real cube-single env with a 23-step time limit, so
+online episodes end by truncation every 23 env steps (success is out of reach for these policies;
+terminated endings are checked on the buffer-writing functions directly).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import gymnasium
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import serialization
+
+from utils import replay
+from utils.data import chunk_at
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--env-id", "cube-single-play", "--actor-hidden-dims", "32", "32", "--value-hidden-dims", "32", "32",
+        "--num-qs", "2", "--batch-size", "16", "--flow-steps", "4"]
+ONLINE, LIMIT, OFFLINE = 200, 23, 20
+ENV = {**os.environ, "PYTHONPATH": ROOT, "MUJOCO_GL": "disable", "JAX_PLATFORMS": "cpu"}
+
+
+def online_cmd(dataset: str) -> list[str]:
+    return [*TINY, "--dataset-path", dataset, "--pretrain-steps", "0", "--offline-steps", str(OFFLINE), "--log-interval", "20",
+            "--eval-interval", "100", "--checkpoint-interval", "50", "--eval-episodes", "1", "--online-steps", str(ONLINE),
+            "--start-training", "10", "--utd-ratio", "2", "--balanced-sampling", "--online-max-episode-steps", str(LIMIT),
+            "--kl-budget", "0.05", "--kl-budget-online", "5.0"]
+
+
+def run(script: str, *args: str) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True, text=True, env=ENV, cwd=ROOT)
+    if p.returncode != 0:
+        raise AssertionError(f"{script} failed:\n{p.stderr[-3000:]}")
+    return p
+
+
+def read_csv(path: str) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def last_checkpoint(run_dir: str) -> dict:
+    d = os.path.join(run_dir, "checkpoints")
+    with open(os.path.join(d, sorted(os.listdir(d))[-1]), "rb") as f:
+        return serialization.msgpack_restore(f.read())
+
+
+def assert_trees_equal(a, b):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_trees_equal(a[k], b[k])
+    else:
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.fixture(scope="module")
+def ref_run(tiny_dataset, tmp_path_factory) -> str:
+    """An uninterrupted offline -> online TRQAM run (UTD 2, balanced sampling, budget 0.05 -> 5.0)."""
+    rd = str(tmp_path_factory.mktemp("online") / "ref")
+    run("trqam.py", *online_cmd(tiny_dataset), "--run-dir", rd)
+    return rd
+
+
+# ------------------------------------------------------------------ buffer rows (no subprocess)
+def test_transition_rows_masks_and_chunk_boundaries():
+    """terminated -> mask 0; truncated -> mask 1; both end the episode (terminals 1): chunks stop there."""
+    obs_dim, act_dim, H = 3, 2, 5
+    n_off = 12
+    data = {k: jnp.zeros((n_off,) + s, jnp.float32) for k, s in
+            [("observations", (obs_dim,)), ("actions", (act_dim,)), ("next_observations", (obs_dim,)),
+             ("rewards", ()), ("masks", ()), ("terminals", ())]}
+    data["observations"] = data["observations"] - 1.0  # offline rows are marked by obs = -1
+    data["masks"] = data["masks"] + 1.0
+    data["terminals"] = data["terminals"].at[-1].set(1.0)
+    buf = replay.init_buffer(data, 20)
+    assert buf["rewards"].shape == (n_off + 20,)
+    insert = jax.jit(replay.insert, donate_argnums=(0,))
+    ends = {3: "terminated", 9: "truncated"}  # episode ends at online rows 3 and 9
+    for t in range(14):
+        term, trunc = ends.get(t) == "terminated", ends.get(t) == "truncated"
+        row = replay.make_transition(np.full(obs_dim, t + 1.0), np.full(act_dim, 0.5), np.full(obs_dim, t + 2.0), -1.0, term, trunc)
+        buf = insert(buf, np.int32(n_off + t), row)
+    on = {k: np.asarray(v[n_off:n_off + 14]) for k, v in buf.items()}
+    np.testing.assert_array_equal(on["terminals"], [1.0 if t in ends else 0.0 for t in range(14)])
+    np.testing.assert_array_equal(on["masks"], [0.0 if t == 3 else 1.0 for t in range(14)])
+    assert np.all(np.asarray(buf["rewards"][n_off + 14:]) == 0)  # unfilled rows untouched
+
+    c = chunk_at(buf, jnp.array([n_off + 1, n_off + 7, n_off + 4]), H, 0.9)
+    np.testing.assert_array_equal(np.asarray(c["valid"]), [[1, 1, 1, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    three, five = 1 + 0.9 + 0.81, sum(0.9**j for j in range(5))  # R_{0:H} sums valid steps only
+    np.testing.assert_allclose(np.asarray(c["rewards"]), [-three, -three, -five], rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(c["masks"]), [0.0, 1.0, 1.0])  # a terminated step inside: no bootstrap
+
+    # balanced: the first half from offline rows, the rest from filled online rows only (chunk start <= size - H)
+    size = n_off + 14
+    for seed in range(20):
+        b = replay.sample(buf, jax.random.PRNGKey(seed), 16, H, 0.9, jnp.int32(size), n_off, True)
+        first = np.asarray(b["observations"][:, 0])
+        assert np.all(first[:8] == -1.0) and np.all((first[8:] >= 1) & (first[8:] <= 14 - H + 1))
+        u = np.asarray(replay.sample(buf, jax.random.PRNGKey(seed), 16, H, 0.9, jnp.int32(size), n_off, False)["observations"][:, 0])
+        assert np.all(u <= 14 - H + 1)
+
+
+@pytest.mark.parametrize("env_id", ["cube-single-singletask-task1-v0", "puzzle-3x3-singletask-task1-v0"])
+def test_env_restore_replays_the_episode_exactly(env_id):
+    """Replaying an episode's actions from its reset seed restores qpos/qvel/buttons/time limit bit-exactly."""
+    import ogbench  # noqa: F401
+
+    rng = np.random.default_rng(0)
+    a = gymnasium.make(env_id, max_episode_steps=40)
+    a.reset(seed=replay.episode_seed(0, 3))
+    actions = rng.uniform(-1, 1, (17, 5)).astype(np.float32)
+    for act in actions:
+        obs_a = a.step(act)[0]
+    snap = replay.env_snapshot(a)
+    assert snap["elapsed"] == 17 and ("button_states" in snap) == env_id.startswith("puzzle")
+
+    b = gymnasium.make(env_id, max_episode_steps=40)
+    obs_b, exact = replay.restore_env(b, replay.episode_seed(0, 3), actions, snap)
+    assert exact
+    np.testing.assert_array_equal(obs_a, obs_b)
+    nxt = rng.uniform(-1, 1, (23, 5)).astype(np.float32)
+    for act in nxt:  # identical futures, including the truncation at the same step
+        ra, rb = a.step(act), b.step(act)
+        np.testing.assert_array_equal(ra[0], rb[0])
+        assert ra[1:4] == rb[1:4]
+    assert ra[3] and i == 22
+
+    # a replay that diverges falls back to the snapshot's physical state
+    c = gymnasium.make(env_id, max_episode_steps=40)
+    _, exact = replay.restore_env(c, replay.episode_seed(0, 3), actions[:5], snap)
+    assert not exact
+    np.testing.assert_array_equal(c.unwrapped._data.qpos, snap["qpos"])
+    assert replay.env_snapshot(c)["elapsed"] == 17
+
+
+# --------------------------------------------------------------------------- end to end
+def test_online_run_buffer_logs_and_schedule(ref_run, tiny_dataset):
+    """Buffer = dataset + one row per env step; truncated ends keep masks 1; logs and evals on schedule."""
+    ck = last_checkpoint(ref_run)
+    meta, rows = ck["meta"], ck["tree"]["rows"]
+    n_off = 3 * 60  # the tiny dataset: 3 trajectories of 61 rows -> 60 transitions each
+    assert meta["phase"] == "online" and meta["env_step"] == ONLINE and meta["step"] == OFFLINE + ONLINE
+    assert all(np.asarray(rows[k]).shape[0] == ONLINE for k in replay.KEYS)
+    term, masks = np.asarray(rows["terminals"]), np.asarray(rows["masks"])
+    ends = np.arange(ONLINE) % LIMIT == LIMIT - 1
+    np.testing.assert_array_equal(term, ends.astype(np.float32))  # every time-limit end is an episode end
+    np.testing.assert_array_equal(masks, np.ones(ONLINE, np.float32))  # ... and never cuts bootstrapping
+    obs, nxt = np.asarray(rows["observations"]), np.asarray(rows["next_observations"])
+    np.testing.assert_array_equal(nxt[:-1][~ends[:-1]], obs[1:][~ends[:-1]])  # consecutive within episodes
+    assert not np.array_equal(nxt[LIMIT - 1], obs[LIMIT])  # a fresh reset after the end
+    np.testing.assert_array_equal(np.asarray(rows["rewards"]), -np.ones(ONLINE))  # cube-single: r = success - 1
+    data = {k: jnp.asarray(v) for k, v in rows.items()}
+    c = chunk_at(data, jnp.array([LIMIT - 3, LIMIT - 1, LIMIT]), 5, 0.99)  # across the first end, at it, after it
+    np.testing.assert_array_equal(np.asarray(c["valid"]), [[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]])
+
+    train = [r for r in read_csv(os.path.join(ref_run, "train.csv")) if r["phase"] == "online"]
+    assert [int(r["phase_step"]) for r in train] == list(range(20, ONLINE + 1, 20))  # every --log-interval env steps
+    assert [int(r["step"]) for r in train] == [OFFLINE + int(r["phase_step"]) for r in train]
+    assert int(train[-1]["buffer_size"]) == n_off + ONLINE
+    assert [int(r["updates"]) for r in train] == [2 * 11] + [2 * 20] * (ONLINE // 20 - 1)  # UTD 2 from env step 10 on
+    eps = read_csv(os.path.join(ref_run, "online_episodes.csv"))
+    assert len(eps) == ONLINE // LIMIT and all(int(e["length"]) == LIMIT and float(e["return"]) == -LIMIT for e in eps)
+    assert [int(e["phase_step"]) for e in eps] == [LIMIT * (i + 1) for i in range(len(eps))]
+    ev = read_csv(os.path.join(ref_run, "eval.csv"))
+    assert [(r["phase"], int(r["step"]), int(r["phase_step"])) for r in ev] == \
+        [("offline", 0, 0), ("offline", OFFLINE, OFFLINE), ("online", OFFLINE + 100, 100), ("online", OFFLINE + ONLINE, ONLINE)]
+    summary = json.load(open(os.path.join(ref_run, "summary.json")))
+    assert summary["steps"] == OFFLINE + ONLINE and summary["online_episodes"] == ONLINE // LIMIT
+    assert summary["env_restored_exactly"]
+
+
+def test_kl_budget_switches_at_the_phase_boundary(ref_run):
+    """Offline budget 0.05 (lambda stays ~1), online budget 5.0: KL far under budget drives lambda down."""
+    train = read_csv(os.path.join(ref_run, "train.csv"))
+    off = [r for r in train if r["phase"] == "offline"]
+    on = [r for r in train if r["phase"] == "online"]
+    assert [float(r["kl_budget"]) for r in off] == [pytest.approx(0.05)] * len(off)
+    assert {float(r["kl_budget"]) for r in on} == {5.0}
+    lam_off, lam_on = float(off[-1]["lam"]), [float(r["lam"]) for r in on]
+    assert lam_off > 0.97  # |eta (Dbar - eps)| <= 0.01 * 0.05 per offline update
+    assert lam_on[0] < lam_off - 0.5 and lam_on == sorted(lam_on, reverse=True)  # ~ -0.05 per online update
+    assert json.load(open(os.path.join(ref_run, "summary.json")))["kl_budget"] == 5.0
+
+
+def test_killed_online_run_resumes_to_the_same_result(ref_run, tiny_dataset, tmp_path):
+    """Kill trqam.py after an online checkpoint taken mid-episode with a pending action queue; the rerun ends
+    identical to the uninterrupted run: params, optimizer, lambda, EMA, RNG, buffer rows, env state, logs."""
+    rd = str(tmp_path / "killed")
+    p = subprocess.Popen([sys.executable, "trqam.py", *online_cmd(tiny_dataset), "--run-dir", rd], cwd=ROOT, env=ENV,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = os.path.join(rd, "checkpoints", f"step_{OFFLINE + 50:010d}.msgpack")  # env step 50: episode 2, step 4
+    deadline = time.time() + 300
+    while not os.path.exists(target) and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not os.path.exists(os.path.join(rd, "summary.json")), "the run finished before it was killed"
+    with open(target, "rb") as f:
+        meta = serialization.msgpack_restore(f.read())["meta"]
+    assert meta["episode_length"] == 50 - 2 * LIMIT and meta["queue_len"] > 0  # a mid-chunk, mid-episode resume
+
+    run("trqam.py", *online_cmd(tiny_dataset), "--run-dir", rd)
+    a, b = last_checkpoint(ref_run), last_checkpoint(rd)
+    assert_trees_equal(a["tree"], b["tree"])  # state (params, targets, opt, lambda, EMA, RNG), rows, acc, queue, env
+    assert a["meta"] == b["meta"]
+    for f in ("train.csv", "online_episodes.csv", "eval.csv"):
+        ra, rb = read_csv(os.path.join(ref_run, f)), read_csv(os.path.join(rd, f))
+        skip = {"step", "phase"} if f == "train.csv" else set()
+        assert [r["step"] for r in ra] == [r["step"] for r in rb], f  # no duplicated or missing rows
+        if f != "train.csv":
+            assert ra == rb, f
+        else:
+            assert [{k: v for k, v in r.items() if k not in skip} for r in ra] == \
+                   [{k: v for k, v in r.items() if k not in skip} for r in rb]
+    assert json.load(open(os.path.join(rd, "summary.json")))["env_restored_exactly"]
+
+
+def test_qam_online_phase(tiny_dataset, tmp_path):
+    """qam.py runs the same online phase (no offline steps, uniform sampling, UTD 1)."""
+    rd = str(tmp_path / "qam")
+    run("qam.py", *TINY, "--dataset-path", tiny_dataset, "--run-dir", rd, "--pretrain-steps", "0", "--offline-steps", "0",
+        "--online-steps", "30", "--start-training", "10", "--log-interval", "30", "--eval-episodes", "0",
+        "--online-max-episode-steps", str(LIMIT))
+    ck = last_checkpoint(rd)
+    assert ck["meta"]["env_step"] == 30 and np.asarray(ck["tree"]["rows"]["rewards"]).shape == (30,)
+    train = read_csv(os.path.join(rd, "train.csv"))
+    assert [(r["phase"], int(r["step"]), int(r["updates"])) for r in train] == [("online", 30, 21)]
+    assert np.isfinite(float(train[-1]["am_loss"]))
