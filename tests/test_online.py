@@ -133,7 +133,7 @@ def test_env_restore_replays_the_episode_exactly(env_id):
     assert exact
     np.testing.assert_array_equal(obs_a, obs_b)
     nxt = rng.uniform(-1, 1, (23, 5)).astype(np.float32)
-    for act in nxt:  # identical futures, including the truncation at the same step
+    for i, act in enumerate(nxt):  # noqa: B007  identical futures, including the truncation at the same step
         ra, rb = a.step(act), b.step(act)
         np.testing.assert_array_equal(ra[0], rb[0])
         assert ra[1:4] == rb[1:4]
