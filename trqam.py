@@ -274,20 +274,24 @@ def sde_schedule(flow_steps: int) -> tuple[jax.Array, jax.Array, float]:
 
 def memoryless_rollout(
     v_ft: VelocityFn, v_base: VelocityFn, obs: jax.Array, x0: jax.Array, eps: jax.Array, flow_steps: int
-) -> tuple[jax.Array, jax.Array]:
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Controlled rollout, METHOD (5): memoryless drift b_k = 2 v_ft - x/(t_k+h) (4) plus noise for
-    k = 0..K-2, then one deterministic base step. Returns (x_0..x_{K-1} as (K, B, d), x_K), constants."""
+    k = 0..K-2, then one deterministic base step. Returns x_0..x_{K-1} as (K, B, d) and x_K, both
+    constants, and the v_ft(s, x_k, t_k) it evaluated, k <= K-2, which keep their gradient so the
+    loss (8) reuses them instead of evaluating the policy again."""
     t, g2, h = sde_schedule(flow_steps)
+    sg = jax.lax.stop_gradient
 
     def step(x, inp):
         tk, g2k, ek = inp
-        x_next = x + h * (2.0 * v_ft(obs, x, _tcol(tk, x)) - x / (tk + h)) + jnp.sqrt(h * g2k) * ek
-        return x_next, x
+        vf = v_ft(obs, x, _tcol(tk, x))
+        x_next = x + h * (2.0 * sg(vf) - x / (tk + h)) + jnp.sqrt(h * g2k) * ek
+        return x_next, (x, vf)
 
-    x_last, xs = jax.lax.scan(step, x0, (t[:-1], g2[:-1], eps))  # xs = x_0..x_{K-2}
+    x_last, (xs, vfs) = jax.lax.scan(step, sg(x0), (t[:-1], g2[:-1], eps))  # xs = x_0..x_{K-2}
     x_final = x_last + h * v_base(obs, x_last, _tcol(t[-1], x_last))
     xs = jnp.concatenate([xs, x_last[None]], axis=0)
-    return jax.lax.stop_gradient(xs), jax.lax.stop_gradient(x_final)
+    return sg(xs), sg(x_final), vfs
 
 
 def terminal_adjoint(q: Callable[[jax.Array, jax.Array], jax.Array], obs: jax.Array, x_final: jax.Array, beta) -> jax.Array:
@@ -430,13 +434,14 @@ def trqam_loss(params: dict, state: TrainState, batch: dict, key: jax.Array, arg
     # adjoint matching (4)-(8) against v_base = target_base
     v_base = v(state.target["base"])
     eps = jax.random.normal(k_eps, (K - 1, B, d))
-    xs, x_final = memoryless_rollout(v(sg(params["policy"])), v_base, obs, jax.random.normal(k_x0, (B, d)), eps, K)
+    xs, x_final, v_ft = memoryless_rollout(v(params["policy"]), v_base, obs, jax.random.normal(k_x0, (B, d)), eps, K)
     adj_final = terminal_adjoint(q(state.target["critic"]), obs, x_final, 1.0)
     adjs, vbs = lean_adjoint(v_base, obs, xs, adj_final, K, shifted=args.adjoint_time == "shifted")
     t, g2, h = sde_schedule(K)
     if args.adjoint_time == "shifted":
         vbs = v_base(jnp.broadcast_to(obs, (K,) + obs.shape), xs, jnp.broadcast_to(t[:, None, None], (K, B, 1)))
-    v_ft = v(params["policy"])(jnp.broadcast_to(obs, (K,) + obs.shape), xs, jnp.broadcast_to(t[:, None, None], (K, B, 1)))
+    # v_ft at x_0..x_{K-2} comes from the rollout (with its gradient); only x_{K-1} is new
+    v_ft = jnp.concatenate([v_ft, v(params["policy"])(obs, xs[-1], _tcol(t[-1], xs[-1]))[None]], axis=0)
     dv = v_ft - sg(vbs)
     lam_eff = args.lam_scale * state.lam
     am_loss = adjoint_matching_loss(dv, sg(adjs), g2, lam_eff)

@@ -76,7 +76,7 @@ def test_rollout_matches_loop():
     """(5): memoryless steps with v_ft for k <= K-2, last step deterministic with v_base."""
     v_ft, v_base = small_flow(2), small_flow(3)
     obs, x0, eps = rollout_setup(2)
-    xs, xk = trqam.memoryless_rollout(v_ft, v_base, obs, x0, eps, K)
+    xs, xk, vfs = trqam.memoryless_rollout(v_ft, v_base, obs, x0, eps, K)
     h, x, ref = 1.0 / K, x0, []
     for k in range(K - 1):
         ref.append(x)
@@ -87,6 +87,9 @@ def test_rollout_matches_loop():
     x_final = x + h * v_base(obs, x, jnp.full((B, 1), (K - 1) * h))
     np.testing.assert_allclose(xs, np.stack(ref), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(xk, x_final, rtol=1e-5, atol=1e-5)
+    # the policy velocities it returns for the loss (8) are v_ft(s, x_k, t_k), k <= K-2
+    for k in range(K - 1):
+        np.testing.assert_allclose(vfs[k], v_ft(obs, ref[k], jnp.full((B, 1), k * h)), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("same_policy", [True, False])
@@ -99,7 +102,7 @@ def test_lean_adjoint_equals_autodiff_through_base_chain(module, shifted, same_p
     v_base = small_flow(5)
     v_ft = v_base if same_policy else small_flow(4)
     obs, x0, eps = rollout_setup(3)
-    xs, xk = module.memoryless_rollout(v_ft, v_base, obs, x0, eps, K)
+    xs, xk, _ = module.memoryless_rollout(v_ft, v_base, obs, x0, eps, K)
     beta = 2.5
     adj_final = module.terminal_adjoint(quad_critic, obs, xk, beta)
     adjs, _ = module.lean_adjoint(v_base, obs, xs, adj_final, K, shifted=shifted)
@@ -143,7 +146,7 @@ def test_path_kl_equals_monte_carlo_log_likelihood_ratio():
     obs = jnp.zeros((n, OBS)) + 0.3
     x0 = jax.random.normal(k_x0, (n, D))
     eps = jax.random.normal(k_eps, (K - 1, n, D))
-    xs, _ = trqam.memoryless_rollout(v_ft, v_base, obs, x0, eps, K)
+    xs, _, _ = trqam.memoryless_rollout(v_ft, v_base, obs, x0, eps, K)
     t, g2, h = trqam.sde_schedule(K)
     llr = jnp.zeros(n)
     dvs = []
