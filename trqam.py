@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Optional
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -424,6 +425,7 @@ def trqam_loss(params: dict, state: TrainState, batch: dict, key: jax.Array, arg
     q_next = q(state.target["critic"])(next_obs, a_next)
     y = batch["rewards"] + args.discount**H * batch["masks"] * (q_next.mean(0) - args.rho * q_next.std(0))
     q_pred = q(params["critic"])(obs, batch["actions"])
+    chex.assert_equal_shape([q_pred, q_next])  # (N, B)
     valid_h = batch["valid"][:, -1]
     critic_loss = jnp.mean(valid_h * (q_pred - sg(y)) ** 2)
 
@@ -442,6 +444,7 @@ def trqam_loss(params: dict, state: TrainState, batch: dict, key: jax.Array, arg
         vbs = v_base(jnp.broadcast_to(obs, (K,) + obs.shape), xs, jnp.broadcast_to(t[:, None, None], (K, B, 1)))
     # v_ft at x_0..x_{K-2} comes from the rollout (with its gradient); only x_{K-1} is new
     v_ft = jnp.concatenate([v_ft, v(params["policy"])(obs, xs[-1], _tcol(t[-1], xs[-1]))[None]], axis=0)
+    chex.assert_shape([xs, v_ft, vbs, adjs], (K, B, d))
     dv = v_ft - sg(vbs)
     lam_eff = args.lam_scale * state.lam
     am_loss = adjoint_matching_loss(dv, sg(adjs), g2, lam_eff)
