@@ -12,17 +12,7 @@ import numpy as np
 from flax import serialization
 
 from utils.errors import UserError
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Write to a temp file in the same directory, then rename: a reader never sees half a file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+from utils.files import atomic_write
 
 
 def save(path: str, tree: Any, meta: dict | None = None) -> None:

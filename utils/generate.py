@@ -69,13 +69,13 @@ import queue as queue_mod
 import re
 import shutil
 import sys
-import uuid
 import warnings
 import zipfile
 
 import numpy as np
 
 from utils.errors import UserError
+from utils.files import atomic_write, write_json
 
 MANIP_DOMAINS = ("cube-single", "cube-double", "cube-triple", "cube-quadruple", "scene", "puzzle-3x3", "puzzle-4x4")
 LOCO_PREFIXES = ("antmaze", "humanoidmaze", "pointmaze", "antsoccer")
@@ -181,51 +181,17 @@ def _dist_version(name: str) -> str | None:
 
 # ------------------------------------------------------------------------------- file I/O
 def write_npz_atomic(path: str, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez_compressed``'s layout, with fixed zip timestamps, written via temp file + os.replace."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:
-            with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
-                for key, val in arrays.items():
-                    zi = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
-                    zi.compress_type = zipfile.ZIP_DEFLATED
-                    with zf.open(zi, "w", force_zip64=True) as fid:
-                        np.lib.format.write_array(fid, np.asanyarray(val), allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-    _fsync_dir(directory)
+    """``np.savez_compressed``'s layout with a fixed timestamp, so equal arrays give equal bytes."""
 
+    def write(f) -> None:
+        with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+            for key, val in arrays.items():
+                zi = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+                zi.compress_type = zipfile.ZIP_DEFLATED
+                with zf.open(zi, "w", force_zip64=True) as fid:
+                    np.lib.format.write_array(fid, np.asanyarray(val), allow_pickle=False)
 
-def write_json_atomic(path: str, obj: dict) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: str) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    atomic_write(path, write)
 
 
 def sha256_file(path: str) -> str:
@@ -690,7 +656,7 @@ def _generate_locked(plan: dict, config: dict, workers: int, progress: bool, ove
         "totals": {},
         "files": {_relpath(p, root): e for p, e in done_files.items()},
     }
-    write_json_atomic(plan["manifest"], manifest)
+    write_json(plan["manifest"], manifest, indent=1)
 
     # ---- which units still have to run?
     rpe = config["max_episode_steps"]
@@ -750,7 +716,7 @@ def _generate_locked(plan: dict, config: dict, workers: int, progress: bool, ove
                 for u in f["units"]
             ],
         }
-        write_json_atomic(plan["manifest"], manifest)
+        write_json(plan["manifest"], manifest, indent=1)
         for u in f["units"]:
             with contextlib.suppress(OSError):
                 os.remove(u["part"])
@@ -803,7 +769,7 @@ def _generate_locked(plan: dict, config: dict, workers: int, progress: bool, ove
             "transitions": sum(e["transitions"] for e in es),
         }
     manifest["complete"] = True
-    write_json_atomic(plan["manifest"], manifest)
+    write_json(plan["manifest"], manifest, indent=1)
     shutil.rmtree(plan["parts_dir"], ignore_errors=True)
     return plan["result"]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import math
 import os
 import time
@@ -12,7 +11,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from utils.checkpoint import atomic_write
+from utils.files import write_json
 
 
 def run_dir_for(args: Any) -> str:
@@ -20,10 +19,6 @@ def run_dir_for(args: Any) -> str:
     if getattr(args, "run_dir", None):
         return os.path.expanduser(args.run_dir)
     return os.path.join("runs", f"{args.env_id}__{args.exp_name}__{args.seed}")
-
-
-def write_json(path: str, obj: Any) -> None:
-    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
 class CSVLog:
@@ -69,7 +64,7 @@ class RunLogger:
     def __init__(self, run_dir: str, args: Any, total_steps: int, start_step: int, resumed: bool):
         self.run_dir = run_dir
         os.makedirs(run_dir, exist_ok=True)
-        write_json(os.path.join(run_dir, "args.json"), dataclasses.asdict(args))
+        write_json(os.path.join(run_dir, "args.json"), dataclasses.asdict(args), sort_keys=True)
         resume_step = start_step if resumed else None
         self.train = CSVLog(os.path.join(run_dir, "train.csv"), resume_step)
         self.eval = CSVLog(os.path.join(run_dir, "eval.csv"), resume_step)

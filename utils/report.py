@@ -12,6 +12,7 @@ import os
 import sys
 
 from utils.errors import UserError
+from utils.files import atomic_write
 
 
 def _rows(path: str) -> list[dict[str, float | str]]:
@@ -109,8 +110,7 @@ def write_report(run_dir: str, note: str = "") -> str:
     lines += ["| offline step | success | return | length |", "|---|---|---|---|"]
     lines += [f"| {int(r['phase_step'])} | {100 * r['success']:.0f}% | {r['return']:.1f} | {r['length']:.0f} |" for r in ev]
     path = os.path.join(run_dir, "report.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    atomic_write(path, ("\n".join(lines) + "\n").encode())
     return path
 
 
