@@ -688,7 +688,7 @@ def main(args: Args) -> dict:
             state = checkpoint.load(latest, init_state(args, nets, key_init, obs_dim, flow_template))[0]
         start = int(meta["step"])
     logger = RunLogger(run_dir, args, total, start, resumed=latest is not None)
-    t0, last_eval = time.time(), {}
+    t0, last_eval = time.time(), logger.last_eval()  # a resumed run starts from its newest evaluation
 
     def run_eval(params: dict, step: int, phase: str = "offline", phase_step: Optional[int] = None) -> None:
         seed = args.seed * 1_000_003 + step  # episodes depend only on (seed, step): resume-stable

@@ -63,6 +63,12 @@ def test_pipeline_pretrain_offline_eval(script, tiny_dataset, tmp_path):
     assert summary["steps"] == 60 and 0.0 <= summary["final_success"] <= 1.0
     if script == "trqam.py":
         assert "lam" in train[-1] and summary["kl_budget"] == 1.0
+        # rerunning a finished run resumes at its end: nothing to train, same summary, no new rows
+        run(script, *TINY, "--dataset-path", tiny_dataset, "--run-dir", rd, "--pretrain-steps", "20", "--offline-steps", "40",
+            "--log-interval", "20", "--eval-interval", "40", "--checkpoint-interval", "40", "--eval-episodes", "2")
+        again = json.load(open(os.path.join(rd, "summary.json")))
+        assert again["final_success"] == summary["final_success"] and again["lam"] == summary["lam"]
+        assert len(read_csv(os.path.join(rd, "train.csv"))) == len(train) and len(read_csv(os.path.join(rd, "eval.csv"))) == len(ev)
     # the pretrained flow is loadable by the other algorithm (two-stage pipeline)
     other = "qam.py" if script == "trqam.py" else "trqam.py"
     rd2 = str(tmp_path / "run2")

@@ -25,7 +25,7 @@ class CSVLog:
     """Append-only CSV whose rows past ``resume_step`` are dropped on resume (no duplicate steps)."""
 
     def __init__(self, path: str, resume_step: int | None):
-        self.path, self.fields = path, None
+        self.path, self.fields, self.last = path, None, {}
         if os.path.exists(path):
             with open(path, newline="") as f:
                 rows = list(csv.DictReader(f))
@@ -40,6 +40,7 @@ class CSVLog:
             if not keep:
                 self.fields = None
                 os.remove(path)
+            self.last = keep[-1] if keep else {}  # a resumed run's latest row (e.g. its last evaluation)
 
     def write(self, row: dict[str, Any]) -> None:
         new = [k for k in row if k not in (self.fields or [])]
@@ -102,6 +103,10 @@ class RunLogger:
                 self.postfix[k] = f"{metrics[k]:.3g}"
         self.bar.set_postfix(self.postfix, refresh=False)
         self.bar.update(step - self.bar.n)
+
+    def last_eval(self) -> dict[str, float]:
+        """The metrics of the newest row of eval.csv kept on resume (empty for a fresh run)."""
+        return {k: float(v) for k, v in self.eval.last.items() if k not in ("step", "phase", "phase_step") and v != ""}
 
     def log_eval(self, step: int, phase: str, metrics: dict[str, float]) -> None:
         self.eval.write({"step": step, "phase": phase, **metrics})
