@@ -147,3 +147,13 @@ def test_missing_corrupt_and_mismatched_data(tiny_dataset, tmp_path):
             "--run-dir", str(tmp_path / "r4"), check=False)
     last = p.stderr.strip().splitlines()[-1]
     assert p.returncode != 0 and "Traceback" not in p.stderr and "dims" in last and "expects 37/5" in last
+
+
+def test_generate_missing_makes_the_dataset_and_continues(tmp_path):
+    data_dir = tmp_path / "ogdata"
+    rd = str(tmp_path / "run")
+    run("trqam.py", *TINY, "--generate-missing", "1", "--pretrain-steps", "0", "--offline-steps", "10", "--log-interval", "10",
+        "--eval-episodes", "0", "--run-dir", rd, env_extra={"OGBENCH_DATA_DIR": str(data_dir)})
+    assert (data_dir / "cube-single-play-v0.npz").exists() and (data_dir / "cube-single-play-v0-val.npz").exists()
+    summary = json.load(open(os.path.join(rd, "summary.json")))
+    assert summary["dataset"] == str(data_dir / "cube-single-play-v0.npz") and summary["steps"] == 10
