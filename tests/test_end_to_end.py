@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -13,38 +12,11 @@ import time
 import numpy as np
 import pytest
 from flax import serialization
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--env-id", "cube-single-play", "--actor-hidden-dims", "32", "32", "--value-hidden-dims", "32", "32",
-        "--num-qs", "2", "--batch-size", "16", "--flow-steps", "4"]
-
-
-def run(script, *args, check=True, env_extra=None, **kw):
-    env = {**os.environ, "PYTHONPATH": ROOT, "MUJOCO_GL": "disable", "JAX_PLATFORMS": "cpu", **(env_extra or {})}
-    p = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True, text=True, env=env, cwd=ROOT, **kw)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{script} failed:\n{p.stderr[-3000:]}")
-    return p
-
-
-def read_csv(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+from helpers import ROOT, TINY, assert_trees_equal, last_checkpoint, read_csv, run
 
 
 def final_state(run_dir):
-    ckpts = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))
-    with open(os.path.join(run_dir, "checkpoints", ckpts[-1]), "rb") as f:
-        return serialization.msgpack_restore(f.read())["tree"]
-
-
-def assert_trees_equal(a, b):
-    if isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for k in a:
-            assert_trees_equal(a[k], b[k])
-    else:
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    return last_checkpoint(run_dir)["tree"]
 
 
 @pytest.mark.parametrize("script", ["trqam.py", "qam.py"])

@@ -7,7 +7,6 @@ terminated endings are checked on the buffer-writing functions directly).
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -21,15 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import serialization
+from helpers import ENV, ROOT, TINY, assert_trees_equal, last_checkpoint, read_csv, run
 
 from utils import replay
 from utils.data import chunk_at
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--env-id", "cube-single-play", "--actor-hidden-dims", "32", "32", "--value-hidden-dims", "32", "32",
-        "--num-qs", "2", "--batch-size", "16", "--flow-steps", "4"]
 ONLINE, LIMIT, OFFLINE = 200, 23, 20
-ENV = {**os.environ, "PYTHONPATH": ROOT, "MUJOCO_GL": "disable", "JAX_PLATFORMS": "cpu"}
 
 
 def online_cmd(dataset: str) -> list[str]:
@@ -37,33 +33,6 @@ def online_cmd(dataset: str) -> list[str]:
             "--eval-interval", "100", "--checkpoint-interval", "50", "--eval-episodes", "1", "--online-steps", str(ONLINE),
             "--start-training", "10", "--utd-ratio", "2", "--balanced-sampling", "--online-max-episode-steps", str(LIMIT),
             "--kl-budget", "0.05", "--kl-budget-online", "5.0"]
-
-
-def run(script: str, *args: str) -> subprocess.CompletedProcess:
-    p = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True, text=True, env=ENV, cwd=ROOT)
-    if p.returncode != 0:
-        raise AssertionError(f"{script} failed:\n{p.stderr[-3000:]}")
-    return p
-
-
-def read_csv(path: str) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def last_checkpoint(run_dir: str) -> dict:
-    d = os.path.join(run_dir, "checkpoints")
-    with open(os.path.join(d, sorted(os.listdir(d))[-1]), "rb") as f:
-        return serialization.msgpack_restore(f.read())
-
-
-def assert_trees_equal(a, b):
-    if isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for k in a:
-            assert_trees_equal(a[k], b[k])
-    else:
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,47 @@
+"""Helpers shared by the tests that run the algorithm scripts as a user would (subprocesses)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+from flax import serialization
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "PYTHONPATH": ROOT, "MUJOCO_GL": "disable", "JAX_PLATFORMS": "cpu"}
+TINY = ["--env-id", "cube-single-play", "--actor-hidden-dims", "32", "32", "--value-hidden-dims", "32", "32",
+        "--num-qs", "2", "--batch-size", "16", "--flow-steps", "4"]
+
+
+def run(script: str, *args: str, check: bool = True, env_extra: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    """Run ``python SCRIPT ARGS`` from the repository root; raise with its stderr if ``check`` and it failed."""
+    p = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True, text=True,
+                       env={**ENV, **(env_extra or {})}, cwd=ROOT, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{script} failed:\n{p.stderr[-3000:]}")
+    return p
+
+
+def read_csv(path: str) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def last_checkpoint(run_dir: str) -> dict:
+    """The newest checkpoint of a run directory, restored as plain dicts ({"tree": ..., "meta": ...})."""
+    d = os.path.join(run_dir, "checkpoints")
+    with open(os.path.join(d, sorted(os.listdir(d))[-1]), "rb") as f:
+        return serialization.msgpack_restore(f.read())
+
+
+def assert_trees_equal(a, b) -> None:
+    """Exact equality of two restored checkpoint trees (same keys, bit-identical arrays)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_trees_equal(a[k], b[k])
+    else:
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
