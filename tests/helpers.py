@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 from flax import serialization
@@ -45,3 +47,13 @@ def assert_trees_equal(a, b) -> None:
             assert_trees_equal(a[k], b[k])
     else:
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def kill_when_written(script: str, args: list[str], target: str, timeout: float = 300.0) -> None:
+    """Start ``python SCRIPT ARGS``, SIGKILL it as soon as ``target`` (a checkpoint) exists, and wait for it."""
+    p = subprocess.Popen([sys.executable, script, *args], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not os.path.exists(target) and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()

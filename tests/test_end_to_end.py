@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 from flax import serialization
-from helpers import ROOT, TINY, assert_trees_equal, last_checkpoint, read_csv, run
+from helpers import TINY, assert_trees_equal, kill_when_written, last_checkpoint, read_csv, run
 
 
 def final_state(run_dir):
@@ -59,15 +55,8 @@ def test_killed_run_resumes_to_the_same_result(tiny_dataset, tmp_path):
     ref, rd = str(tmp_path / "ref"), str(tmp_path / "killed")
     run("trqam.py", *common, "--run-dir", ref)
 
-    env = {**os.environ, "PYTHONPATH": ROOT, "MUJOCO_GL": "disable", "JAX_PLATFORMS": "cpu"}
-    p = subprocess.Popen([sys.executable, "trqam.py", *common, "--run-dir", rd], cwd=ROOT, env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     target = os.path.join(rd, "checkpoints", "step_0000000060.msgpack")  # an offline checkpoint
-    deadline = time.time() + 300
-    while not os.path.exists(target) and p.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    kill_when_written("trqam.py", [*common, "--run-dir", rd], target)
     assert not os.path.exists(os.path.join(rd, "summary.json")), "the run finished before it was killed"
     assert os.path.exists(target)
 

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import gymnasium
 import jax
@@ -20,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import serialization
-from helpers import ENV, ROOT, TINY, assert_trees_equal, last_checkpoint, read_csv, run
+from helpers import TINY, assert_trees_equal, kill_when_written, last_checkpoint, read_csv, run
 
 from utils import replay
 from utils.data import chunk_at
@@ -169,14 +165,8 @@ def test_killed_online_run_resumes_to_the_same_result(ref_run, tiny_dataset, tmp
     """Kill trqam.py after an online checkpoint taken mid-episode with a pending action queue; the rerun ends
     identical to the uninterrupted run: params, optimizer, lambda, EMA, RNG, buffer rows, env state, logs."""
     rd = str(tmp_path / "killed")
-    p = subprocess.Popen([sys.executable, "trqam.py", *online_cmd(tiny_dataset), "--run-dir", rd], cwd=ROOT, env=ENV,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     target = os.path.join(rd, "checkpoints", f"step_{OFFLINE + 50:010d}.msgpack")  # env step 50: episode 2, step 4
-    deadline = time.time() + 300
-    while not os.path.exists(target) and p.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    kill_when_written("trqam.py", [*online_cmd(tiny_dataset), "--run-dir", rd], target)
     assert not os.path.exists(os.path.join(rd, "summary.json")), "the run finished before it was killed"
     with open(target, "rb") as f:
         meta = serialization.msgpack_restore(f.read())["meta"]
