@@ -660,7 +660,9 @@ def main(args: Args) -> dict:
     if data_np["rewards"].shape[0] < args.horizon:
         raise UserError(f"{path} has fewer transitions than one action chunk")
     obs_dim, act_dim = data_np["observations"].shape[1], data_np["actions"].shape[1]
+    n_offline = data_np["rewards"].shape[0]
     data = datalib.to_device(data_np)
+    del data_np  # the device copy is the only one kept
     nets = make_nets(args, obs_dim, act_dim)
     act = make_actor(nets, args, act_dim)
 
@@ -735,7 +737,7 @@ def main(args: Args) -> dict:
     online: dict[str, Any] = {}
     if args.online_steps > 0:
         limit = {} if args.online_max_episode_steps is None else {"max_episode_steps": args.online_max_episode_steps}
-        buf, n_offline = replay.init_buffer(data, args.online_steps), int(data_np["rewards"].shape[0])
+        buf = replay.init_buffer(data, args.online_steps)
         del data  # the buffer holds the dataset now
         state, online = online_phase(state, buf, n_offline, datalib.make_env(env_name, **limit), act, args, nets, logger,
                                      off_end, run_eval, ckpt_dir, online_resume)

@@ -117,8 +117,11 @@ def load_dataset(env_name: str, path: str, sparse: bool = False) -> dict[str, np
 
     parts = []
     for f in _shard_files(path):
-        open_npz(f)  # validates: one clear error naming a corrupt or truncated file
-        parts.append(og_load(f, compact_dataset=False, add_info=True))
+        try:
+            parts.append(og_load(f, compact_dataset=False, add_info=True))
+        except Exception:
+            open_npz(f)  # names the file and what is wrong with it in one line (UserError)
+            raise
     data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     gym_id, _, _ = split_env_name(env_name)
     env = make_env(env_name)
