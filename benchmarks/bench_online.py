@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -32,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+
+import bench_update  # noqa: E402  (same folder)
 
 import qam  # noqa: E402
 import trqam  # noqa: E402
@@ -119,16 +120,7 @@ def bench_one(algo: str, size: str, opts: argparse.Namespace) -> dict[str, float
 
 
 def device_string() -> str:
-    d = jax.devices()[0]
-    if d.platform != "cpu":
-        return f"{d.platform}: {d.device_kind}"
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"cpu: {model}, {os.cpu_count()} cores (JAX {jax.__version__}, CPU backend)"
+    return f"{bench_update.device_string()} (JAX {jax.__version__}, {jax.devices()[0].platform.upper()} backend)"
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
