@@ -15,7 +15,7 @@ from flax import serialization
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONPATH": ROOT, "MUJOCO_GL": "disable", "JAX_PLATFORMS": "cpu"}
 TINY = ["--env-id", "cube-single-play", "--actor-hidden-dims", "32", "32", "--value-hidden-dims", "32", "32",
-        "--num-qs", "2", "--batch-size", "16", "--flow-steps", "4"]
+        "--num-qs", "2", "--batch-size", "16", "--flow-steps", "4", "--eval-workers", "0"]
 
 
 def run(script: str, *args: str, check: bool = True, env_extra: dict | None = None, **kw) -> subprocess.CompletedProcess:

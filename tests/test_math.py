@@ -52,15 +52,15 @@ def test_sample_flow_is_euler_and_clipped():
 
 
 def test_bc_loss_matches_definition():
-    """(2): E||v(s, (1-t)x0 + t a, t) - (a - x0)||^2, mean over dims, weighted."""
+    """(2): E||v(s, (1-t)x0 + t a, t) - (a - x0)||^2, mean over dims, each chunk weighted by its valid_H."""
     v = small_flow(1)
     obs, a, _ = rollout_setup(1)
-    w = jnp.ones_like(a).at[0, 2:].set(0.0)
+    w = jnp.ones(B).at[0].set(0.0)
     key = jax.random.PRNGKey(7)
     k_t, k_x = jax.random.split(key)
     t = jax.random.uniform(k_t, (B, 1))
     x0 = jax.random.normal(k_x, a.shape)
-    ref = np.mean(np.mean((v(obs, (1 - t) * x0 + t * a, t) - (a - x0)) ** 2 * w, -1))
+    ref = np.mean(np.mean((v(obs, (1 - t) * x0 + t * a, t) - (a - x0)) ** 2, -1) * w)
     np.testing.assert_allclose(trqam.bc_flow_loss(v, obs, a, w, key), ref, rtol=1e-6)
 
 
@@ -76,7 +76,7 @@ def test_rollout_matches_loop():
     """(5): memoryless steps with v_ft for k <= K-2, last step deterministic with v_base."""
     v_ft, v_base = small_flow(2), small_flow(3)
     obs, x0, eps = rollout_setup(2)
-    xs, xk, vfs = trqam.memoryless_rollout(v_ft, v_base, obs, x0, eps, K)
+    xs, xk, vfs, vb_last = trqam.memoryless_rollout(v_ft, v_base, obs, x0, eps, K)
     h, x, ref = 1.0 / K, x0, []
     for k in range(K - 1):
         ref.append(x)
@@ -87,35 +87,35 @@ def test_rollout_matches_loop():
     x_final = x + h * v_base(obs, x, jnp.full((B, 1), (K - 1) * h))
     np.testing.assert_allclose(xs, np.stack(ref), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(xk, x_final, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(vb_last, v_base(obs, x, jnp.full((B, 1), (K - 1) * h)), rtol=1e-5, atol=1e-6)
     # the policy velocities it returns for the loss (8) are v_ft(s, x_k, t_k), k <= K-2
     for k in range(K - 1):
         np.testing.assert_allclose(vfs[k], v_ft(obs, ref[k], jnp.full((B, 1), k * h)), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("same_policy", [True, False])
-@pytest.mark.parametrize("shifted", [False, True])
 @pytest.mark.parametrize("module", [trqam, qam])
-def test_lean_adjoint_equals_autodiff_through_base_chain(module, shifted, same_policy):
-    """(6)+(7): a_k = -beta grad_{x_k} mean_i Q(s, clip(x_K)) where x_K is reached from x_k by the base
+def test_exact_adjoint_equals_autodiff_through_base_chain(module, same_policy):
+    """(6)+(7'): a_k = -beta grad_{x_k} mean_i Q(s, clip(x_K)) where x_K is reached from x_k by the base
     steps Phi_j with what the rollout added on top of them held fixed (the noise; and when
     v_ft != v_base, also the control term), i.e. the exact discrete adjoint along the trajectory."""
     v_base = small_flow(5)
     v_ft = v_base if same_policy else small_flow(4)
     obs, x0, eps = rollout_setup(3)
-    xs, xk, _ = module.memoryless_rollout(v_ft, v_base, obs, x0, eps, K)
+    xs, xk, _, _ = module.memoryless_rollout(v_ft, v_base, obs, x0, eps, K)
     beta = 2.5
     adj_final = module.terminal_adjoint(quad_critic, obs, xk, beta)
-    adjs, _ = module.lean_adjoint(v_base, obs, xs, adj_final, K, shifted=shifted)
+    adjs, vbs = module.lean_adjoint(v_base, obs, xs, adj_final, K, "exact")
     h = 1.0 / K
     traj = jnp.concatenate([xs, xk[None]])
 
     def phi(j, x):
         tj = j * h
-        vb = v_base(obs, x, jnp.full((B, 1), tj + h if shifted else tj))
+        vb = v_base(obs, x, jnp.full((B, 1), tj))
         return x + h * vb if j == K - 1 else x + h * (2 * vb - x / (tj + h))
 
     offsets = [traj[j + 1] - phi(j, traj[j]) for j in range(K)]  # fixed noise (+ control), constants
-    if same_policy and not shifted:  # the base chain itself: the offsets are exactly the injected noise
+    if same_policy:  # the base chain itself: the offsets are exactly the injected noise
         for j in range(K - 1):
             g2 = 2 * (1 - j * h + h) / (j * h + h)
             np.testing.assert_allclose(offsets[j], np.sqrt(h * g2) * eps[j], rtol=1e-4, atol=1e-5)
@@ -129,10 +129,36 @@ def test_lean_adjoint_equals_autodiff_through_base_chain(module, shifted, same_p
     for k in range(K):
         ref = -beta * jax.grad(lambda x: jnp.sum(jnp.mean(quad_critic(obs, jnp.clip(chain_from(k, x), -1, 1)), 0)))(xs[k])
         np.testing.assert_allclose(adjs[k], ref, rtol=2e-4, atol=2e-5)
+        # the v_base values it returns are v_base(s, x_k, t_k), which the loss (8) reuses
+        np.testing.assert_allclose(vbs[k], v_base(obs, xs[k], jnp.full((B, 1), k * h)), rtol=1e-5, atol=1e-6)
     # the terminal condition itself, and that the test is not vacuous (gradients not all clipped away)
     ref_final = -beta * jax.grad(lambda a: jnp.sum(jnp.mean(quad_critic(obs, jnp.clip(a, -1, 1)), 0)))(xk)
     np.testing.assert_allclose(adj_final, ref_final, rtol=1e-5)
     assert np.mean(np.abs(np.asarray(adjs[0])) > 1e-4) > 0.5
+
+
+@pytest.mark.parametrize("module", [trqam, qam])
+def test_paper_adjoint_equals_transcription_of_method_7(module):
+    """(7), the default: a Python loop over k = K-1..0 with one jax.vjp of
+    c_k(x) = 2 v_base(s, x, t_k + h) - x/(t_k + h) each (the last step included), a_k = a_{k+1} + h c_k'^T a_{k+1}."""
+    v_base = small_flow(8, width=64)
+    obs, x0, eps = rollout_setup(4)
+    xs, xk, _, _ = module.memoryless_rollout(small_flow(9), v_base, obs, x0, eps, K)
+    adj_final = module.terminal_adjoint(quad_critic, obs, xk, 1.7)
+    adjs, _ = module.lean_adjoint(v_base, obs, xs, adj_final, K, "paper")
+    h, adj, ref = 1.0 / K, adj_final, [None] * K
+    for k in reversed(range(K)):
+        tk = k * h
+
+        def c(x, tk=tk):
+            return 2.0 * v_base(obs, x, jnp.full((B, 1), tk + h)) - x / (tk + h)
+
+        adj = adj + h * jax.vjp(c, xs[k])[1](adj)[0]
+        ref[k] = adj
+    np.testing.assert_allclose(np.stack(adjs), np.stack(ref), rtol=1e-6, atol=1e-6)
+    # and it is not the exact adjoint (7'): the two recursions differ materially
+    exact, _ = module.lean_adjoint(v_base, obs, xs, adj_final, K, "exact")
+    assert np.max(np.abs(np.asarray(exact[0]) - np.asarray(adjs[0]))) > 1e-3
 
 
 def test_path_kl_equals_monte_carlo_log_likelihood_ratio():
@@ -146,7 +172,7 @@ def test_path_kl_equals_monte_carlo_log_likelihood_ratio():
     obs = jnp.zeros((n, OBS)) + 0.3
     x0 = jax.random.normal(k_x0, (n, D))
     eps = jax.random.normal(k_eps, (K - 1, n, D))
-    xs, _, _ = trqam.memoryless_rollout(v_ft, v_base, obs, x0, eps, K)
+    xs, _, _, _ = trqam.memoryless_rollout(v_ft, v_base, obs, x0, eps, K)
     t, g2, h = trqam.sde_schedule(K)
     llr = jnp.zeros(n)
     dvs = []
@@ -166,23 +192,24 @@ def test_path_kl_equals_monte_carlo_log_likelihood_ratio():
     np.testing.assert_allclose(trqam.path_kl(jnp.stack(dvs), g2[: K - 1], h, horizon=5), closed / 5, rtol=1e-6)
 
 
-def test_trqam_loss_is_lam_eff_times_qam_loss_at_inverse_temperature():
+@pytest.mark.parametrize("adjoint", ["paper", "exact"])
+def test_trqam_loss_is_lam_eff_times_qam_loss_at_inverse_temperature(adjoint):
     """(8): TRQAM's loss at lambda_eff with beta = 1 equals lambda_eff x QAM's loss at inv_temp = 1/lambda_eff,
     computed through each file's own full loss function on the same parameters, batch and key."""
     lam, scale = 0.7, 3.0
     lam_eff = lam * scale
     common = dict(actor_hidden_dims=(16, 16), value_hidden_dims=(16, 16), num_qs=2, horizon=2, discount=0.99,
-                  rho=0.5, actor_layer_norm=False, flow_steps=K)
+                  rho=0.5, actor_layer_norm=False, flow_steps=K, adjoint=adjoint)
     ta = trqam.Args(**common, kl_budget=1.0, lam_scale=scale, lam_init=lam)
     qa = qam.Args(**common, inv_temp=1.0 / lam_eff)
-    nets_t, nets_q = trqam.make_nets(ta, OBS, 2), qam.make_nets(qa, OBS, 2)
+    nets_t, nets_q = trqam.make_networks(ta, 4), qam.make_networks(qa, 4)
     key = jax.random.PRNGKey(0)
-    flow = trqam.init_actor(nets_t, jax.random.PRNGKey(1), OBS)
-    st = trqam.init_state(ta, nets_t, key, OBS, flow)
+    flow = trqam.bc_init(ta, nets_t, OBS, jax.random.PRNGKey(1)).params
+    st = trqam.init_state(ta, nets_t, OBS, key, flow)
     # a fine-tuned policy different from the base, so the loss has both terms
     policy = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(2), p.shape), flow)
     params = {**st.params, "policy": policy}
-    sq = qam.init_state(qa, nets_q, key, OBS, flow)
+    sq = qam.init_state(qa, nets_q, OBS, key, flow)
     batch = _random_batch(jax.random.PRNGKey(3), 8, 2, 2)
     _, mt = jax.jit(lambda p, s, b, k: trqam.trqam_loss(p, s, b, k, ta, nets_t))(params, st, batch, jax.random.PRNGKey(4))
     _, mq = jax.jit(lambda p, s, b, k: qam.qam_loss(p, s, b, k, qa, nets_q))(params, sq, batch, jax.random.PRNGKey(4))

@@ -18,8 +18,8 @@ import pytest
 from flax import serialization
 from helpers import TINY, assert_trees_equal, kill_when_written, last_checkpoint, read_csv, run
 
-from utils import replay
-from utils.data import chunk_at
+from utils import online
+from utils.data import KEYS, chunk_at
 
 ONLINE, LIMIT, OFFLINE = 200, 23, 20
 
@@ -41,42 +41,46 @@ def ref_run(tiny_dataset, tmp_path_factory) -> str:
 
 # ------------------------------------------------------------------ buffer rows (no subprocess)
 def test_transition_rows_masks_and_chunk_boundaries():
-    """terminated -> mask 0; truncated -> mask 1; both end the episode (terminals 1): chunks stop there."""
-    obs_dim, act_dim, H = 3, 2, 5
-    n_off = 12
-    data = {k: jnp.zeros((n_off,) + s, jnp.float32) for k, s in
+    """terminated -> mask 0; truncated -> mask 1; both end the episode (terminals 1): chunks stop there.
+    Sampling reads dataset rows [0, n) then online rows; balanced takes half from each, never unfilled rows."""
+    obs_dim, act_dim, H, n_off, cap = 3, 2, 5, 12, 16
+    data = {k: jnp.zeros((cap,) + s, jnp.float32) for k, s in  # a shard padded to 16 rows, 12 of them real
             [("observations", (obs_dim,)), ("actions", (act_dim,)), ("next_observations", (obs_dim,)),
              ("rewards", ()), ("masks", ()), ("terminals", ())]}
-    data["observations"] = data["observations"] - 1.0  # offline rows are marked by obs = -1
+    data["observations"] = data["observations"].at[:n_off].set(-1.0).at[n_off:].set(99.0)  # real rows -1, padding 99
     data["masks"] = data["masks"] + 1.0
-    data["terminals"] = data["terminals"].at[-1].set(1.0)
-    buf = replay.init_buffer(data, 20)
-    assert buf["rewards"].shape == (n_off + 20,)
-    insert = jax.jit(replay.insert, donate_argnums=(0,))
+    data["terminals"] = data["terminals"].at[n_off - 1].set(1.0)
     ends = {3: "terminated", 9: "truncated"}  # episode ends at online rows 3 and 9
-    for t in range(14):
-        term, trunc = ends.get(t) == "terminated", ends.get(t) == "truncated"
-        row = replay.make_transition(np.full(obs_dim, t + 1.0), np.full(act_dim, 0.5), np.full(obs_dim, t + 2.0), -1.0, term, trunc)
-        buf = insert(buf, np.int32(n_off + t), row)
-    on = {k: np.asarray(v[n_off:n_off + 14]) for k, v in buf.items()}
+    rows = [online.transition(np.full(obs_dim, t + 1.0), np.full(act_dim, 0.5), np.full(obs_dim, t + 2.0), -1.0,
+                              ends.get(t) == "terminated", ends.get(t) == "truncated") for t in range(14)]
+    buf = online.empty_rows(1, 20, obs_dim, act_dim)
+    buf = {k: buf[k].at[0, :14].set(np.stack([r[k] for r in rows])) for k in KEYS}
+    on = {k: np.asarray(v[0, :14]) for k, v in buf.items()}
     np.testing.assert_array_equal(on["terminals"], [1.0 if t in ends else 0.0 for t in range(14)])
     np.testing.assert_array_equal(on["masks"], [0.0 if t == 3 else 1.0 for t in range(14)])
-    assert np.all(np.asarray(buf["rewards"][n_off + 14:]) == 0)  # unfilled rows untouched
 
-    c = chunk_at(buf, jnp.array([n_off + 1, n_off + 7, n_off + 4]), H, 0.9)
+    mine = {k: v[0] for k, v in buf.items()}
+    c = chunk_at(lambda k, i: mine[k][i], jnp.array([1, 7, 4]), H, 0.9)
     np.testing.assert_array_equal(np.asarray(c["valid"]), [[1, 1, 1, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     three, five = 1 + 0.9 + 0.81, sum(0.9**j for j in range(5))  # R_{0:H} sums valid steps only
     np.testing.assert_allclose(np.asarray(c["rewards"]), [-three, -three, -five], rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(c["masks"]), [0.0, 1.0, 1.0])  # a terminated step inside: no bootstrap
 
-    # balanced: the first half from offline rows, the rest from filled online rows only (chunk start <= size - H)
-    size = n_off + 14
+    filled = 14
     for seed in range(20):
-        b = replay.sample(buf, jax.random.PRNGKey(seed), 16, H, 0.9, jnp.int32(size), n_off, True)
+        b = online.sample(data, jnp.int32(n_off), mine, jnp.int32(filled), jax.random.PRNGKey(seed), 16, H, 0.9, True)
         first = np.asarray(b["observations"][:, 0])
-        assert np.all(first[:8] == -1.0) and np.all((first[8:] >= 1) & (first[8:] <= 14 - H + 1))
-        u = np.asarray(replay.sample(buf, jax.random.PRNGKey(seed), 16, H, 0.9, jnp.int32(size), n_off, False)["observations"][:, 0])
-        assert np.all(u <= 14 - H + 1)
+        assert np.all(first[:8] == -1.0) and np.all((first[8:] >= 1) & (first[8:] <= filled - H + 1))
+        u = np.asarray(online.sample(data, jnp.int32(n_off), mine, jnp.int32(filled), jax.random.PRNGKey(seed), 16, H, 0.9,
+                                     False)["observations"][:, 0])
+        assert np.all(u != 99.0) and np.all(u <= filled - H + 1)  # padding never read; nothing past the filled rows
+    # a chunk starting in the dataset's last rows stops at its final terminal, before the online rows
+    c = online.sample(data, jnp.int32(n_off), mine, jnp.int32(filled), jax.random.PRNGKey(0), 1, H, 0.9, False)
+    whole = jax.vmap(lambda i: chunk_at(lambda k, j: jnp.where(
+        (j < n_off).reshape(j.shape + (1,) * (data[k].ndim - 1)), data[k][jnp.minimum(j, cap - 1)], mine[k][jnp.maximum(j - n_off, 0)]),
+        i[None], H, 0.9))(jnp.arange(n_off - 2, n_off)[:, None])
+    np.testing.assert_array_equal(np.asarray(whole["valid"])[:, 0], [[1, 1, 0, 0, 0], [1, 0, 0, 0, 0]])
+    assert c["observations"].shape == (1, obs_dim)
 
 
 @pytest.mark.parametrize("env_id", ["cube-single-singletask-task1-v0", "puzzle-3x3-singletask-task1-v0"])
@@ -86,15 +90,15 @@ def test_env_restore_replays_the_episode_exactly(env_id):
 
     rng = np.random.default_rng(0)
     a = gymnasium.make(env_id, max_episode_steps=40)
-    a.reset(seed=replay.episode_seed(0, 3))
+    a.reset(seed=online.episode_seed(0, 3))
     actions = rng.uniform(-1, 1, (17, 5)).astype(np.float32)
     for act in actions:
         obs_a = a.step(act)[0]
-    snap = replay.env_snapshot(a)
+    snap = online.env_snapshot(a)
     assert snap["elapsed"] == 17 and ("button_states" in snap) == env_id.startswith("puzzle")
 
     b = gymnasium.make(env_id, max_episode_steps=40)
-    obs_b, exact = replay.restore_env(b, replay.episode_seed(0, 3), actions, snap)
+    obs_b, exact = online.restore_env(b, online.episode_seed(0, 3), actions, snap)
     assert exact
     np.testing.assert_array_equal(obs_a, obs_b)
     nxt = rng.uniform(-1, 1, (23, 5)).astype(np.float32)
@@ -106,10 +110,10 @@ def test_env_restore_replays_the_episode_exactly(env_id):
 
     # a replay that diverges falls back to the snapshot's physical state
     c = gymnasium.make(env_id, max_episode_steps=40)
-    _, exact = replay.restore_env(c, replay.episode_seed(0, 3), actions[:5], snap)
+    _, exact = online.restore_env(c, online.episode_seed(0, 3), actions[:5], snap)
     assert not exact
     np.testing.assert_array_equal(c.unwrapped._data.qpos, snap["qpos"])
-    assert replay.env_snapshot(c)["elapsed"] == 17
+    assert online.env_snapshot(c)["elapsed"] == 17
 
 
 # --------------------------------------------------------------------------- end to end
@@ -119,7 +123,7 @@ def test_online_run_buffer_logs_and_schedule(ref_run, tiny_dataset):
     meta, rows = ck["meta"], ck["tree"]["rows"]
     n_off = 3 * 60  # the tiny dataset: 3 trajectories of 61 rows -> 60 transitions each
     assert meta["phase"] == "online" and meta["env_step"] == ONLINE and meta["step"] == OFFLINE + ONLINE
-    assert all(np.asarray(rows[k]).shape[0] == ONLINE for k in replay.KEYS)
+    assert all(np.asarray(rows[k]).shape[0] == ONLINE for k in KEYS)
     term, masks = np.asarray(rows["terminals"]), np.asarray(rows["masks"])
     ends = np.arange(ONLINE) % LIMIT == LIMIT - 1
     np.testing.assert_array_equal(term, ends.astype(np.float32))  # every time-limit end is an episode end

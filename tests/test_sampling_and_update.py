@@ -1,4 +1,4 @@
-"""Chunk sampling (3) against a brute-force reference; the update under vmap and jit."""
+"""Chunk sampling (3) against a brute-force reference; one update: its dual step, Polyak lag, vmap and jit."""
 
 from __future__ import annotations
 
@@ -31,6 +31,10 @@ def small_dataset(seed=0, obs_dim=3, act_dim=2):
     }
 
 
+def to_device(d):
+    return {k: jnp.asarray(v) for k, v in d.items()}
+
+
 def brute_force_chunk(d, i, horizon, gamma):
     valid, done = [], False
     for j in range(horizon):
@@ -55,7 +59,8 @@ def test_chunks_equal_brute_force(horizon):
     d = small_dataset()
     n, gamma = len(d["rewards"]), 0.9
     idx = jnp.arange(n - horizon + 1)
-    got = jax.device_get(datalib.chunk_at(datalib.to_device(d), idx, horizon, gamma))
+    dd = to_device(d)
+    got = jax.device_get(datalib.chunk_at(lambda k, i: dd[k][i], idx, horizon, gamma))
     n_invalid = 0
     for i in range(n - horizon + 1):
         ref = brute_force_chunk(d, i, horizon, gamma)
@@ -70,7 +75,7 @@ def test_chunks_equal_brute_force(horizon):
 
 
 def test_sample_chunks_range():
-    d = datalib.to_device(small_dataset())
+    d = to_device(small_dataset())
     n, h = d["rewards"].shape[0], 5
     batch = datalib.sample_chunks(d, jax.random.PRNGKey(0), 4096, h, 0.99)
     starts = np.asarray(batch["observations"])
@@ -84,60 +89,50 @@ def tiny(module, **kw):
                   rho=0.5, actor_layer_norm=False, batch_size=8, flow_steps=4)
     common.update(kw)
     args = module.Args(**common, **({"kl_budget": 0.5} if module is trqam else {"inv_temp": 3.0}))
-    nets = module.make_nets(args, 3, 2)
-    return args, nets
+    return args, module.make_networks(args, 4)
 
 
 def make_state(module, args, nets, seed):
     key = jax.random.PRNGKey(seed)
-    return module.init_state(args, nets, key, 3, module.init_actor(nets, jax.random.fold_in(key, 1), 3))
+    return module.init_state(args, nets, 3, key, module.bc_init(args, nets, 3, jax.random.fold_in(key, 1)).params)
 
 
 @pytest.mark.parametrize("module", [trqam, qam])
-def test_vmap_over_seeds_equals_separate_runs(module):
+def test_vmap_over_seeds_equals_separate_updates(module):
+    """The runner vmaps the update over seeds: each seed's result equals its own unbatched update."""
     args, nets = tiny(module)
-    data = datalib.to_device(small_dataset())
-    block = module.make_train_block(args, nets, 3)
+    data = to_device(small_dataset())
+    update = jax.jit(lambda s, b: module.update(args, nets, s, b))
     s0, s1 = make_state(module, args, nets, 0), make_state(module, args, nets, 1)
-    stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), s0, s1)
-    vs, _ = jax.vmap(block, in_axes=(0, None))(stacked, data)
-    for i, s in enumerate((s0, s1)):
-        sep, _ = block(s, data)
-        for a, b in zip(jax.tree.leaves(sep), jax.tree.leaves(vs), strict=True):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b)[i], rtol=2e-5, atol=1e-6)
+    b0, b1 = (datalib.sample_chunks(data, jax.random.PRNGKey(k), 8, 2, 0.99) for k in (5, 6))
+    vs, vm = jax.jit(jax.vmap(lambda s, b: module.update(args, nets, s, b)))(
+        *(jax.tree.map(lambda a, b: jnp.stack([a, b]), x, y) for x, y in ((s0, s1), (b0, b1))))
+    for i, (s, b) in enumerate(((s0, b0), (s1, b1))):
+        sep, m = update(s, b)
+        for a, v in zip(jax.tree.leaves(sep), jax.tree.leaves(vs), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(v)[i], rtol=2e-5, atol=1e-6)
+        assert float(m["critic_loss"]) == pytest.approx(float(vm["critic_loss"][i]), rel=1e-5)
     assert not np.allclose(np.asarray(vs.params["policy"]["MLP_0"]["Dense_0"]["kernel"][0]),
                            np.asarray(vs.params["policy"]["MLP_0"]["Dense_0"]["kernel"][1]))
 
 
-@pytest.mark.parametrize("module", [trqam, qam])
-def test_no_retracing_after_first_update(module):
-    args, nets = tiny(module)
-    data = datalib.to_device(small_dataset())
-    block = module.make_train_block(args, nets, 2)
-    state = make_state(module, args, nets, 0)
-    before = module.TRACES["train"]
-    for _ in range(4):
-        state, m = block(state, data)
-    assert module.TRACES["train"] - before == 1
-    assert block._cache_size() == 1
-    if module is trqam:  # the budget is state, so switching it (online phase) does not retrace either
-        state = state._replace(kl_budget=jnp.float32(2.0))
-        block(state, data)
-        assert module.TRACES["train"] - before == 1
-
-
-def test_trqam_update_moves_lambda_toward_budget():
-    """One update applies (10) with that update's own KL estimate."""
-    args, nets = tiny(trqam)
+def test_trqam_update_moves_lambda_toward_budget_and_targets_lag_one_step():
+    """One update applies (10) with that update's own KL estimate; the targets move tau of the way towards
+    the parameters *before* the step (the authors' one-step lag), not the new ones."""
+    args, nets = tiny(trqam, learning_rate=0.05)  # large steps: the two orders differ far beyond float noise
     state = make_state(trqam, args, nets, 0)._replace(kl_avg=jnp.float32(0.5))
-    data = datalib.to_device(small_dataset())
+    state = state._replace(params={**state.params, "base": jax.tree.map(lambda p: p + 0.1, state.params["base"])})
+    data = to_device(small_dataset())
     batch = datalib.sample_chunks(data, jax.random.PRNGKey(0), 8, 2, 0.99)
-    new, m = jax.jit(lambda s, b: trqam.update(s, b, args, nets))(state, batch)
+    new, m = jax.jit(lambda s, b: trqam.update(args, nets, s, b))(state, batch)
     exp_avg = 0.9 * 0.5 + 0.1 * min(float(m["kl"]), 2 * 0.5)
     assert float(new.kl_avg) == pytest.approx(exp_avg, rel=1e-5)
     assert float(new.lam) == pytest.approx(np.clip(1.0 + 0.01 * (exp_avg - 0.5), 0.01, 100), rel=1e-6)
-    # Polyak: target moves tau of the way to the new parameters
-    trained = {k: new.params[k] for k in ("base", "critic")}
-    for new_t, new_p, old_t in zip(*(jax.tree.leaves(t) for t in (new.target, trained, state.target)), strict=True):
-        np.testing.assert_allclose(new_t, 0.005 * np.asarray(new_p) + 0.995 * np.asarray(old_t), rtol=1e-5, atol=1e-7)
+    before = {k: state.params[k] for k in ("base", "critic")}
+    after = {k: new.params[k] for k in ("base", "critic")}
+    for new_t, old_p, old_t in zip(*(jax.tree.leaves(t) for t in (new.target, before, state.target)), strict=True):
+        np.testing.assert_allclose(new_t, 0.005 * np.asarray(old_p) + 0.995 * np.asarray(old_t), rtol=1e-5, atol=1e-7)
+    lead = [np.max(np.abs(np.asarray(new_t) - (0.005 * np.asarray(new_p) + 0.995 * np.asarray(old_t))))
+            for new_t, new_p, old_t in zip(*(jax.tree.leaves(t) for t in (new.target, after, state.target)), strict=True)]
+    assert max(lead) > 1e-4  # following the updated parameters instead would fail the check above
     assert not np.allclose(jax.tree.leaves(new.params["critic"])[0], jax.tree.leaves(state.params["critic"])[0])

@@ -39,11 +39,9 @@ def step_path(ckpt_dir: str, step: int) -> str:
     return os.path.join(ckpt_dir, f"step_{step:010d}.msgpack")
 
 
-def latest(ckpt_dir: str) -> str | None:
-    """The newest ``step_*.msgpack`` in ``ckpt_dir`` (None if there is none)."""
-    files = glob.glob(os.path.join(ckpt_dir, "step_*.msgpack"))
-    steps = [(int(re.search(r"step_(\d+)", f).group(1)), f) for f in files]
-    return max(steps)[1] if steps else None
+def steps(ckpt_dir: str) -> list[int]:
+    """The steps of the ``step_*.msgpack`` checkpoints in ``ckpt_dir``."""
+    return [int(re.search(r"step_(\d+)", f).group(1)) for f in glob.glob(os.path.join(ckpt_dir, "step_*.msgpack"))]
 
 
 def read_meta(path: str) -> dict:

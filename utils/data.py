@@ -1,17 +1,21 @@
-"""OGBench environments and datasets: name parsing, dataset resolution, loading, chunk sampling.
+"""OGBench names and datasets: resolution, loading, the device dataset (one shard at a time), chunk sampling.
 
-The on-device dataset uses OGBench's *regular* layout (one row per transition, the last row of
-each stored trajectory dropped): ``observations, actions, next_observations, rewards, masks,
-terminals`` where ``terminals[i] = 1`` on the last transition of a trajectory and ``masks`` /
-``rewards`` come from OGBench's single-task relabelling. ``sample_chunks`` implements the
-action-chunk batch of METHOD (3) inside jit, so the data never leaves the device.
+The device dataset uses OGBench's *regular* layout (one row per transition, the last row of each
+stored trajectory dropped): ``observations, actions, next_observations, rewards, masks, terminals``,
+``terminals[i] = 1`` on the last transition of a trajectory, ``rewards``/``masks`` from OGBench's
+single-task relabelling. A shard directory (10M/100M datasets) is never held whole: one shard is on
+the device and the next is loaded in a background thread (docs/DATA.md). Batches of action chunks
+(METHOD (3)) are sampled inside jit, so the data never leaves the device.
 """
 
 from __future__ import annotations
 
 import glob
+import math
 import os
 import re
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import gymnasium
 import jax
@@ -23,6 +27,8 @@ from utils.errors import UserError
 DATA_DIR_ENV_VAR = "OGBENCH_DATA_DIR"
 TYPES = ("play", "noisy", "navigate", "stitch", "explore")
 MANIP_DOMAINS = ("cube-single", "cube-double", "cube-triple", "cube-quadruple", "scene", "puzzle-3x3", "puzzle-4x4")
+KEYS = ("observations", "actions", "next_observations", "rewards", "masks", "terminals")
+ACTION_CLIP = 1.0 - 1e-5  # dataset actions are clipped to +-(1 - 1e-5) on load, as the authors' loader does
 
 
 # ----------------------------------------------------------------------------------- names
@@ -48,14 +54,19 @@ def split_env_name(env_name: str) -> tuple[str, str, str]:
     return f"{domain}-singletask{task}-v0", f"{domain}-{dtype}-v0", domain
 
 
-def make_env(env_name: str, **kwargs) -> gymnasium.Env:
-    """The single-task gymnasium env of an OGBench env name (one clear error if unknown)."""
+def check_env(env_name: str) -> str:
+    """The gymnasium id of an OGBench env name; one clear error if OGBench has no such env."""
     import ogbench  # noqa: F401  (registers the envs)
 
     gym_id, _, _ = split_env_name(env_name)
     if gym_id not in gymnasium.registry:
-        raise UserError(f"unknown env '{env_name}' (no OGBench env '{gym_id}'); see OGBENCH.md for the 50 tasks")
-    return gymnasium.make(gym_id, **kwargs)
+        raise UserError(f"unknown env '{env_name}' (no OGBench env '{gym_id}'); docs/DATA.md lists the 50 tasks")
+    return gym_id
+
+
+def make_env(env_name: str, **kwargs) -> gymnasium.Env:
+    """The single-task gymnasium env of an OGBench env name."""
+    return gymnasium.make(check_env(env_name), **kwargs)
 
 
 # ------------------------------------------------------------------------- dataset files
@@ -65,9 +76,8 @@ def default_data_dir() -> str:
 
 
 def generate_command(env_name: str, out_dir: str, episodes: int = 1000) -> str:
-    _, dataset_name, domain = split_env_name(env_name)
-    short = dataset_name[: -len("-v0")]
-    return f"python -m utils.generate --env-id {short} --episodes {episodes} --seed 0 --workers 8 --out {out_dir}"
+    short = split_env_name(env_name)[1][: -len("-v0")]
+    return f"python -m datagen --env-id {short} --episodes {episodes} --seed 0 --workers 8 --out {out_dir}"
 
 
 def resolve_dataset_path(env_name: str, dataset_path: str | None, generate_missing: int = 0) -> str:
@@ -87,7 +97,7 @@ def resolve_dataset_path(env_name: str, dataset_path: str | None, generate_missi
     if generate_missing > 0:
         if domain not in MANIP_DOMAINS:
             raise UserError(f"cannot generate data for '{domain}': only manipulation domains have scripted oracles")
-        from utils.generate import generate_dataset
+        from datagen.generate import generate_dataset
 
         # data seed fixed at 0 (not the training seed): runs with different seeds share one dataset
         return generate_dataset(dataset_name, episodes=generate_missing, seed=0, out_dir=out_dir, workers=os.cpu_count() or 1)
@@ -99,7 +109,8 @@ def resolve_dataset_path(env_name: str, dataset_path: str | None, generate_missi
     raise UserError(f"no dataset for {env_name}: looked for {' and '.join(candidates)}; {how}")
 
 
-def _shard_files(path: str) -> list[str]:
+def shard_files(path: str) -> list[str]:
+    """[path] for a file; the sorted training shards (not ``-val``) of a shard directory."""
     if not os.path.isdir(path):
         return [path]
     files = sorted(f for f in glob.glob(os.path.join(path, "*.npz")) if not f.endswith("-val.npz"))
@@ -108,43 +119,101 @@ def _shard_files(path: str) -> list[str]:
     return files
 
 
-def load_dataset(env_name: str, path: str, sparse: bool = False) -> dict[str, np.ndarray]:
-    """Load an OGBench file or shard directory and relabel it for the env's task (numpy, regular layout)."""
+def count_transitions(path: str) -> int:
+    """Transitions in a file or shard directory (rows minus trajectories), reading only ``terminals``."""
+    from datagen.info import open_npz
+
+    return sum(int(len(t) - t.sum()) for t in (open_npz(f, ("terminals",))["terminals"] for f in shard_files(path)))
+
+
+def load_file(env, env_name: str, path: str, sparse: bool = False) -> dict[str, np.ndarray]:
+    """One OGBench file in the regular layout, relabelled for the env's task (float32 numpy)."""
     from ogbench.relabel_utils import relabel_dataset
     from ogbench.utils import load_dataset as og_load
 
-    from utils.info import open_npz
+    try:
+        data = og_load(path, compact_dataset=False, add_info=True)
+    except Exception:
+        from datagen.info import open_npz
 
-    parts = []
-    for f in _shard_files(path):
-        try:
-            parts.append(og_load(f, compact_dataset=False, add_info=True))
-        except Exception:
-            open_npz(f)  # names the file and what is wrong with it in one line (UserError)
-            raise
-    data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    gym_id, _, _ = split_env_name(env_name)
-    env = make_env(env_name)
+        open_npz(path)  # names the file and what is wrong with it in one line (UserError)
+        raise
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     if data["observations"].shape[1] != obs_dim or data["actions"].shape[1] != act_dim:
         raise UserError(
             f"{path} has obs/action dims {data['observations'].shape[1]}/{data['actions'].shape[1]} "
             f"but {env_name} expects {obs_dim}/{act_dim}: wrong file for this env"
         )
-    relabel_dataset(gym_id, env, data)
-    env.close()
-    if sparse:  # OGBENCH.md: r <- -1 * (r != 0)
+    relabel_dataset(split_env_name(env_name)[0], env, data)
+    if sparse:  # r <- -1 * (r != 0)
         data["rewards"] = -(data["rewards"] != 0).astype(np.float32)
-    keep = ("observations", "actions", "next_observations", "rewards", "masks", "terminals")
-    return {k: np.asarray(data[k], np.float32) for k in keep}
+    data["actions"] = np.clip(data["actions"], -ACTION_CLIP, ACTION_CLIP)
+    return {k: np.asarray(data[k], np.float32) for k in KEYS}
 
 
-def to_device(data: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    return {k: jnp.asarray(v) for k, v in data.items()}
+class DeviceDataset:
+    """The training data on the device: a file whole, or a shard directory one shard at a time.
+
+    ``at(step)`` gives the arrays for global update ``step`` (padded to the largest shard) and their
+    number of rows. The shard changes every ``interval`` steps, to a random shard (``order='random'``,
+    drawn from a fixed data seed, so all seeds and a resumed run see the same ones) or the next in order
+    (``'cycle'``); the coming shard is loaded in a background thread while the current one trains.
+    """
+
+    def __init__(self, env_name: str, path: str, sparse: bool, interval: int, order: str, data_seed: int = 0):
+        self.env_name, self.sparse, self.interval, self.order, self.data_seed = env_name, sparse, interval, order, data_seed
+        self.files = shard_files(path)
+        self._env = make_env(env_name)
+        self.obs_dim, self.act_dim = self._env.observation_space.shape[0], self._env.action_space.shape[0]
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="shard-loader")
+        self._shards: dict[int, Future] = {}
+        self.capacity = max(count_transitions(f) for f in self.files) if len(self.files) > 1 else 0
+        if len(self.files) == 1:  # a file is loaded now (errors surface at once), whole and unpadded
+            first = self._load(0)
+            self.capacity = first[1]
+            self._shards[0] = _done(first)
+
+    def shard_at(self, step: int) -> int:
+        slot = step // self.interval
+        if self.order == "cycle":
+            return slot % len(self.files)
+        return int(np.random.default_rng([self.data_seed, slot]).integers(len(self.files)))
+
+    def next_switch(self, step: int) -> float:
+        """The first global step after ``step`` at which the shard may change (inf for a single file)."""
+        return math.inf if len(self.files) == 1 else (step // self.interval + 1) * self.interval
+
+    def at(self, step: int) -> tuple[dict[str, jax.Array], int]:
+        i = self.shard_at(step)
+        if i not in self._shards:
+            self._shards[i] = self._pool.submit(self._load, i)
+        arrays, n = self._shards[i].result()
+        upcoming = self.shard_at(int(self.next_switch(step))) if len(self.files) > 1 else i
+        for j in [j for j in self._shards if j not in (i, upcoming)]:
+            del self._shards[j]  # at most two shards on the device: the current one and the next
+        if upcoming not in self._shards:
+            self._shards[upcoming] = self._pool.submit(self._load, upcoming)
+        return arrays, n
+
+    def _load(self, i: int) -> tuple[dict[str, jax.Array], int]:
+        data = load_file(self._env, self.env_name, self.files[i], self.sparse)
+        n = len(data["rewards"])
+        if n < self.capacity:  # pad to the largest shard: one shape, one compilation
+            data = {k: np.concatenate([v, np.zeros((self.capacity - n,) + v.shape[1:], v.dtype)]) for k, v in data.items()}
+        return {k: jax.device_put(v) for k, v in data.items()}, n
+
+
+def _done(value) -> Future:
+    f: Future = Future()
+    f.set_result(value)
+    return f
 
 
 # --------------------------------------------------------------------------- sampling (3)
-def chunk_at(data: dict[str, jax.Array], idx: jax.Array, horizon: int, discount: float) -> dict[str, jax.Array]:
+Rows = Callable[[str, jax.Array], jax.Array]  # rows(key, indices) -> data[key][indices]
+
+
+def chunk_at(rows: Rows, idx: jax.Array, horizon: int, discount: float) -> dict[str, jax.Array]:
     """The action-chunk batch of METHOD (3) for chunks starting at rows ``idx``.
 
     Returns observations (B, obs), actions (B, H*A), next_observations s'_H (B, obs),
@@ -152,24 +221,22 @@ def chunk_at(data: dict[str, jax.Array], idx: jax.Array, horizon: int, discount:
     valid (B, H): 1 while the chunk has not crossed an episode end (valid_H = valid[:, -1]).
     """
     seq = idx[:, None] + jnp.arange(horizon)[None, :]
-    term = data["terminals"][seq]
+    term = rows("terminals", seq)
     valid = (jnp.cumsum(term, axis=1) - term == 0).astype(jnp.float32)  # no terminal strictly before j
     disc = discount ** jnp.arange(horizon, dtype=jnp.float32)
-    acts = data["actions"][seq]
     return {
-        "observations": data["observations"][idx],
-        "actions": acts.reshape(idx.shape[0], -1),
-        "next_observations": data["next_observations"][idx + horizon - 1],
-        "rewards": jnp.sum(valid * disc * data["rewards"][seq], axis=1),
-        "masks": jnp.min(data["masks"][seq], axis=1),
+        "observations": rows("observations", idx),
+        "actions": rows("actions", seq).reshape(idx.shape[0], -1),
+        "next_observations": rows("next_observations", idx + horizon - 1),
+        "rewards": jnp.sum(valid * disc * rows("rewards", seq), axis=1),
+        "masks": jnp.min(rows("masks", seq), axis=1),
         "valid": valid,
     }
 
 
-def sample_chunks(
-    data: dict[str, jax.Array], key: jax.Array, batch_size: int, horizon: int, discount: float, size=None
-) -> dict[str, jax.Array]:
+def sample_chunks(data: dict[str, jax.Array], key: jax.Array, batch_size: int, horizon: int, discount: float,
+                  size=None) -> dict[str, jax.Array]:
     """Uniform chunk starts in [0, size - H] (``size`` = filled rows; defaults to all rows)."""
     n = data["rewards"].shape[0] if size is None else size
     idx = jax.random.randint(key, (batch_size,), 0, n - horizon + 1)
-    return chunk_at(data, idx, horizon, discount)
+    return chunk_at(lambda k, i: data[k][i], idx, horizon, discount)

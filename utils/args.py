@@ -1,0 +1,164 @@
+"""The flags every algorithm shares, the per-domain defaults of the paper, and the command-line entry.
+
+An algorithm's ``Args`` subclasses ``RunArgs`` and adds its own knobs; ``fill_defaults`` applies the
+per-domain values (explicit flags win) and ``cli`` turns a ``UserError`` into one ``error:`` line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal, Optional, TypeVar
+
+from utils import data as datalib
+from utils.errors import UserError
+
+LARGE_DATASET = 2_000_000  # transitions above which the paper's 10M/100M networks apply (4x1024, actor LayerNorm)
+
+
+@dataclass
+class RunArgs:
+    exp_name: str = "run"
+    """name of this experiment (part of the default run directory)"""
+    seed: int = 0
+    num_seeds: int = 1
+    """train seeds seed .. seed+N-1 in this process (vmapped); each writes its own run directory"""
+    track: bool = False
+    """log to Weights & Biases (set WANDB_MODE=offline on a node without network)"""
+    wandb_project_name: str = "trqam"
+    wandb_entity: Optional[str] = None
+    run_dir: Optional[str] = None
+    """default runs/{env}__{exp_name}__{seed}; with --num-seeds N > 1 the seeds go to RUN_DIR/seed{seed}"""
+    capture_video: bool = False
+    """render the first episode of each evaluation to videos/step_N.mp4 in the run directory"""
+
+    # environment and data (docs/DATA.md)
+    env_id: str = "cube-double-play"
+    """short OGBench name (with --task-id) or a full one like cube-double-play-singletask-task2-v0"""
+    task_id: int = 1
+    dataset_path: Optional[str] = None
+    """an OGBench .npz file or shard directory (default: $OGBENCH_DATA_DIR or ~/.ogbench/data)"""
+    generate_missing: int = 0
+    """if no dataset is found, generate this many episodes with the scripted oracles (0: don't)"""
+    sparse: bool = False
+    """sparse rewards r <- -1[r != 0]"""
+    shard_interval: int = 1000
+    """a shard directory is held one shard at a time, switched every this many updates"""
+    shard_order: Literal["random", "cycle"] = "random"
+    """next shard: random, or in order from shard 0 (the authors' code)"""
+
+    # the two-stage pipeline and its phases (docs/METHOD.md section 7)
+    pretrain_steps: int = 300_000
+    """BC pretraining steps of the flow (2) run first; ignored with --pretrained-path"""
+    pretrained_path: Optional[str] = None
+    """a flow checkpoint (pretrained.msgpack) of any algorithm's BC stage; '{seed}' is formatted per seed"""
+    offline_steps: int = 1_000_000
+    online_steps: int = 0
+    """environment steps of online fine-tuning after the offline phase (paper: 500K)"""
+    utd_ratio: int = 1
+    """online updates per environment step"""
+    start_training: int = 5_000
+    """environment steps collected before online updates begin"""
+    balanced_sampling: bool = False
+    """half of each online batch from the dataset, half from the online rows; random actions before --start-training"""
+    online_max_episode_steps: Optional[int] = None
+    """time limit of the online training env's episodes (default: the env's own)"""
+
+    # networks and optimisation shared by every method (docs/METHOD.md section 2)
+    batch_size: int = 256
+    learning_rate: float = 3e-4
+    actor_hidden_dims: Optional[tuple[int, ...]] = None
+    """flow MLP (default 4x512, or 4x1024 for datasets above 2M transitions)"""
+    actor_layer_norm: Optional[bool] = None
+    """default: on for datasets above 2M transitions"""
+    value_hidden_dims: Optional[tuple[int, ...]] = None
+    num_qs: int = 10
+    """critic ensemble size"""
+    tau: float = 0.005
+    """Polyak rate of the target networks"""
+    discount: Optional[float] = None
+    """gamma (default 0.995; humanoidmaze 0.999)"""
+    rho: Optional[float] = None
+    """pessimism of the TD target, mean - rho*std over the ensemble (default 0.5; humanoidmaze 0)"""
+    horizon: Optional[int] = None
+    """action-chunk length H (default 5 for manipulation, 1 for navigation)"""
+    flow_steps: int = 10
+    """K Euler steps of the flow"""
+
+    # evaluation, logging, checkpoints
+    eval_interval: int = 50_000
+    eval_episodes: int = 50
+    eval_workers: Optional[int] = None
+    """processes stepping the evaluation envs (0: in this process; default: by the cores available)"""
+    log_interval: int = 5_000
+    """updates per train.csv row (online: environment steps)"""
+    checkpoint_interval: int = 100_000
+
+
+A = TypeVar("A", bound=RunArgs)
+
+
+def domain_of(args: RunArgs) -> str:
+    """The OGBench domain of ``--env-id`` (e.g. ``cube-double``); one line for an unknown env."""
+    return datalib.split_env_name(datalib.full_env_name(args.env_id, args.task_id))[2]
+
+
+def preset(table: dict[str, float], domain: str, default: float) -> float:
+    """A per-domain value: the longest key of ``table`` that ``domain`` starts with, else ``default``."""
+    keys = [k for k in table if domain.startswith(k)]
+    return table[max(keys, key=len)] if keys else default
+
+
+def fill_defaults(args: A, **method_defaults: Any) -> A:
+    """Per-domain defaults for every flag left at None, explicit flags win. H, gamma, rho by domain
+    (navigation H = 1; humanoidmaze gamma 0.999, rho 0); network width and actor LayerNorm by the size
+    of the dataset that will be loaded; ``method_defaults`` are the algorithm's own presets."""
+    domain = domain_of(args)
+    datalib.check_env(datalib.full_env_name(args.env_id, args.task_id))
+    nav, humanoid = "maze" in domain, domain.startswith("humanoidmaze")
+    fill: dict[str, Any] = dict(horizon=1 if nav else 5, discount=0.999 if humanoid else 0.995, rho=0.0 if humanoid else 0.5,
+                                **method_defaults)
+    if None in (args.actor_hidden_dims, args.value_hidden_dims, args.actor_layer_norm):
+        env_name = datalib.full_env_name(args.env_id, args.task_id)
+        path = datalib.resolve_dataset_path(env_name, args.dataset_path, args.generate_missing)
+        large = datalib.count_transitions(path) > LARGE_DATASET
+        width = 1024 if large else 512
+        fill.update(actor_hidden_dims=(width,) * 4, value_hidden_dims=(width,) * 4, actor_layer_norm=large, dataset_path=path)
+    return dataclasses.replace(args, **{k: v for k, v in fill.items() if getattr(args, k) is None})
+
+
+def check(args: RunArgs, method_checks: Iterable[tuple[bool, str]] = ()) -> None:
+    """Reject invalid settings with one line (the pipeline's own checks, then the method's)."""
+    a = args
+    checks = [
+        (a.num_seeds >= 1, f"--num-seeds must be at least 1, got {a.num_seeds}"),
+        (a.horizon >= 1 and a.batch_size >= 1 and a.num_qs >= 2, "need --horizon >= 1, --batch-size >= 1, --num-qs >= 2"),
+        (a.flow_steps >= 2, "--flow-steps must be at least 2"),
+        (0 < a.discount <= 1 and 0 < a.tau <= 1, "need 0 < --discount <= 1 and 0 < --tau <= 1"),
+        (a.rho >= 0 and a.learning_rate > 0, "need --rho >= 0 and --learning-rate > 0"),
+        (min(a.log_interval, a.eval_interval, a.checkpoint_interval, a.shard_interval) > 0, "intervals must be positive"),
+        (min(a.offline_steps, a.pretrain_steps, a.online_steps, a.start_training, a.eval_episodes) >= 0,
+         "step and episode counts must be non-negative"),
+        (a.eval_workers is None or a.eval_workers >= 0, "--eval-workers must be non-negative"),
+        (a.utd_ratio >= 1, f"--utd-ratio must be at least 1, got {a.utd_ratio}"),
+        (not a.balanced_sampling or a.start_training >= a.horizon,
+         f"--balanced-sampling needs --start-training >= the chunk length {a.horizon} (online rows to sample from)"),
+        (a.online_max_episode_steps is None or a.online_max_episode_steps >= 1, "--online-max-episode-steps must be positive"),
+        *method_checks,
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise UserError(msg)
+
+
+def cli(main: Callable[[A], Any], args_type: type[A]) -> None:
+    """``main(tyro.cli(Args))``; a ``UserError`` prints one ``error:`` line and exits with code 2."""
+    import tyro
+
+    try:
+        main(tyro.cli(args_type))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

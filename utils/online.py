@@ -1,0 +1,107 @@
+"""Offline -> online pieces (docs/METHOD.md section 7): the online rows of the replay buffer, sampling from
+dataset + online rows, and the training env's resumable state.
+
+The replay buffer is the current dataset shard (rows [0, n)) followed by each seed's online rows
+(rows [n, n + t)), in the regular layout ``utils.data.chunk_at`` reads, so one chunk sampler serves
+both phases. Online rows follow the data's rules: ``terminals = terminated or truncated`` (an episode
+end, where chunks stop being valid) and ``masks = 1 - terminated`` (a time limit never cuts bootstrapping).
+
+An env is resumed by *replaying* the current episode: reset with the episode's seed, then step the
+episode's actions (the newest online rows). MuJoCo is deterministic, so this restores every piece of
+state bit-exactly (solver warm start, targets, success flags, the TimeLimit counter); the snapshot of
+the physical state saved beside it checks that, and is set directly if replay diverges.
+"""
+
+from __future__ import annotations
+
+import gymnasium
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from utils.data import KEYS, chunk_at
+
+
+def empty_rows(num_seeds: int, capacity: int, obs_dim: int, act_dim: int) -> dict[str, jax.Array]:
+    """Per-seed online rows (N, capacity, ...), zero until written."""
+    dims = {"observations": (obs_dim,), "actions": (act_dim,), "next_observations": (obs_dim,)}
+    return {k: jnp.zeros((num_seeds, capacity) + dims.get(k, ()), jnp.float32) for k in KEYS}
+
+
+def transition(obs, action, next_obs, reward: float, terminated: bool, truncated: bool) -> dict[str, np.ndarray]:
+    """One buffer row: terminals = episode end (either kind), masks = 1 - terminated."""
+    return {
+        "observations": np.asarray(obs, np.float32),
+        "actions": np.asarray(action, np.float32),
+        "next_observations": np.asarray(next_obs, np.float32),
+        "rewards": np.float32(reward),
+        "masks": np.float32(1.0 - float(terminated)),
+        "terminals": np.float32(float(terminated or truncated)),
+    }
+
+
+def sample(data: dict, n: jax.Array, rows: dict, filled: jax.Array, key: jax.Array, batch_size: int, horizon: int,
+           discount: float, balanced: bool) -> dict[str, jax.Array]:
+    """A chunk batch (METHOD 3) from dataset rows [0, n) then online rows [n, n + filled) of one seed: uniform,
+    or ``balanced`` = the first half from the dataset and the rest from the online rows (needs filled >= H)."""
+
+    def get(k: str, i: jax.Array) -> jax.Array:
+        off, on = data[k][jnp.minimum(i, data[k].shape[0] - 1)], rows[k][jnp.clip(i - n, 0, rows[k].shape[0] - 1)]
+        return jnp.where((i < n).reshape(i.shape + (1,) * (off.ndim - i.ndim)), off, on)
+
+    if not balanced:
+        idx = jax.random.randint(key, (batch_size,), 0, n + filled - horizon + 1)
+    else:
+        k_off, k_on = jax.random.split(key)
+        idx = jnp.concatenate([jax.random.randint(k_off, (batch_size - batch_size // 2,), 0, n - horizon + 1),
+                               jax.random.randint(k_on, (batch_size // 2,), n, n + filled - horizon + 1)])
+    return chunk_at(get, idx, horizon, discount)
+
+
+# ----------------------------------------------------------------------- resumable env state
+def episode_seed(seed: int, episode: int) -> int:
+    """The reset seed of online episode ``episode``: a function of (run seed, episode index) only."""
+    return int(np.random.SeedSequence([seed, episode]).generate_state(1)[0])
+
+
+def _time_limit(env: gymnasium.Env) -> gymnasium.wrappers.TimeLimit | None:
+    while env is not None:
+        if isinstance(env, gymnasium.wrappers.TimeLimit):
+            return env
+        env = getattr(env, "env", None)
+    return None
+
+
+def env_snapshot(env: gymnasium.Env) -> dict[str, np.ndarray]:
+    """The env's physical state: MuJoCo qpos/qvel, button states (puzzle, scene), TimeLimit elapsed steps."""
+    u, tl = env.unwrapped, _time_limit(env)
+    data = getattr(u, "_data", None)
+    snap = {"elapsed": np.int64(tl._elapsed_steps if tl is not None and tl._elapsed_steps is not None else 0)}
+    if data is not None:
+        snap.update(qpos=np.asarray(data.qpos, np.float64).copy(), qvel=np.asarray(data.qvel, np.float64).copy())
+    if hasattr(u, "_cur_button_states"):
+        snap["button_states"] = np.asarray(u._cur_button_states, np.int64).copy()
+    return snap
+
+
+def restore_env(env: gymnasium.Env, seed: int, actions: np.ndarray, snapshot: dict[str, np.ndarray]) -> tuple[np.ndarray, bool]:
+    """Reset with the episode's ``seed`` and replay its ``actions``; returns (observation, exact).
+
+    ``exact`` is False when the replayed state differs from ``snapshot``; the state is then set from
+    the snapshot directly (qpos/qvel, button states, the TimeLimit counter), which is close but not
+    bit-exact (solver warm start and task flags are not part of it).
+    """
+    obs, _ = env.reset(seed=seed)
+    for a in actions:
+        obs = env.step(a)[0]
+    now = env_snapshot(env)
+    if all(np.array_equal(now[k], snapshot[k]) for k in snapshot):
+        return obs, True
+    u, tl = env.unwrapped, _time_limit(env)
+    if "button_states" in snapshot:
+        u.set_state(snapshot["qpos"], snapshot["qvel"], snapshot["button_states"])
+    elif "qpos" in snapshot:
+        u.set_state(snapshot["qpos"], snapshot["qvel"])
+    if tl is not None:
+        tl._elapsed_steps = int(snapshot["elapsed"])
+    return u.compute_observation(), False

@@ -1,0 +1,402 @@
+"""The phase runner: everything of a training run that is not the method.
+
+An algorithm hands it pure functions -- ``init``, ``update(state, batch) -> (state, metrics)`` and an
+actor ``act(state, obs, key) -> flat chunk`` for one observation -- and the runner does the rest for
+``--num-seeds`` seeds at once (every function vmapped over a leading seed axis):
+
+    run = Runner(args, "trqam")                      # env, data, run directories, logs, resume point
+    flow = run.bc_stage(bc_init, bc_update, flow_act) # BC pretraining (2), or a loaded flow
+    state = run.offline(init, flow, update, act)      # offline phase (BC flow evaluated at its step 0)
+    state = run.online(state, update, act)            # offline -> online phase (optional)
+    run.finish(state)                                 # summary.json per seed
+
+Global steps: pretraining [0, P), offline [P, P + O), then one per online env step. Updates run in
+jitted ``lax.scan`` blocks whose ends fall on every log / eval / checkpoint interval (relative to the
+phase start) and every shard switch, so a resumed run dispatches exactly the blocks an uninterrupted
+one would. Each seed writes its own run directory and checkpoints; rerunning the command resumes at
+the newest checkpoint every seed has.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from utils import checkpoint, online
+from utils.args import RunArgs
+from utils.data import DeviceDataset, full_env_name, make_env, resolve_dataset_path, sample_chunks
+from utils.errors import UserError
+from utils.evaluate import Evaluator
+from utils.runlog import Progress, RunLog
+
+Tree = Any
+ACT_KEY = 0x0417  # online acting keys: fold_in(fold_in(PRNGKey(seed), ACT_KEY), env step)
+
+
+def stack(trees: list[Tree]) -> Tree:
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def unstack(tree: Tree, n: int) -> list[Tree]:
+    return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(n)]
+
+
+class Runner:
+    def __init__(self, args: RunArgs, algorithm: str):
+        self.args, self.algorithm, a = args, algorithm, args
+        self.env_name = full_env_name(a.env_id, a.task_id)
+        self.seeds = [a.seed + i for i in range(a.num_seeds)]
+        base = a.run_dir and os.path.expanduser(a.run_dir)
+        self.run_dirs = [(base if a.num_seeds == 1 else os.path.join(base, f"seed{s}")) if base
+                         else os.path.join("runs", f"{a.env_id}__{a.exp_name}__{s}") for s in self.seeds]
+        self.dataset_path = resolve_dataset_path(self.env_name, a.dataset_path, a.generate_missing)
+        self.data = DeviceDataset(self.env_name, self.dataset_path, a.sparse, a.shard_interval, a.shard_order)
+        if self.data.capacity < a.horizon:
+            raise UserError(f"{self.dataset_path} has fewer transitions than one action chunk")
+        self.obs_dim, self.act_dim = self.data.obs_dim, self.data.act_dim
+        self.chunk_dim = self.act_dim * a.horizon
+        self.P = 0 if a.pretrained_path else a.pretrain_steps
+        self.off_end, self.total = self.P + a.offline_steps, self.P + a.offline_steps + a.online_steps
+        keys = [jax.random.split(jax.random.PRNGKey(s), 3) for s in self.seeds]
+        self.flow_keys, self.init_keys, self.keys = (jnp.stack([k[j] for k in keys]) for j in range(3))
+
+        self.resume, self.resume_meta = self._latest_checkpoints()
+        start = int(self.resume_meta["step"]) if self.resume else 0
+        self.logs = [RunLog(d, a, start if self.resume else None) for d in self.run_dirs]
+        self.last_eval = [log.last_eval() for log in self.logs]
+        self.progress = Progress(self.total, start)
+        self.evaluator: Evaluator | None = None
+        self.flow_act: Callable | None = None
+        self.flow: Tree = None
+        self.online_info: list[dict] = [{} for _ in self.seeds]
+        self._jitted: dict[Any, Callable] = {}
+        self._t0 = time.time()
+
+    # ------------------------------------------------------------------------ checkpoints
+    def _ckpt_dir(self, i: int) -> str:
+        return os.path.join(self.run_dirs[i], "checkpoints")
+
+    def _latest_checkpoints(self) -> tuple[list[str] | None, dict]:
+        """The newest step at which every seed has a checkpoint: (their paths, seed 0's meta)."""
+        steps = [set(checkpoint.steps(self._ckpt_dir(i))) for i in range(len(self.seeds))]
+        common = set.intersection(*steps)
+        if not common:
+            return None, {}
+        paths = [checkpoint.step_path(self._ckpt_dir(i), max(common)) for i in range(len(self.seeds))]
+        return paths, checkpoint.read_meta(paths[0])
+
+    def _save(self, step: int, phase: str, trees: list[Tree], metas: list[dict] | None = None) -> None:
+        for i, tree in enumerate(trees):
+            meta = {"phase": phase, "step": step, "shard": self.data.shard_at(step), **(metas[i] if metas else {})}
+            checkpoint.save(checkpoint.step_path(self._ckpt_dir(i), step), tree, meta)
+
+    def _restore(self, template: Callable[[int], Tree]) -> list[tuple[Tree, dict]]:
+        """Each seed's resume checkpoint, restored into the structure of ``template(seed index)``."""
+        return [checkpoint.load(p, template(i)) for i, p in enumerate(self.resume)]
+
+    def _phase(self) -> str | None:
+        return self.resume_meta.get("phase") if self.resume else None
+
+    # -------------------------------------------------------------------------- the stages
+    def bc_stage(self, init: Callable, update: Callable, act: Callable) -> Tree:
+        """The flow every algorithm starts from (stacked over seeds): BC pretraining by ``update`` for
+        --pretrain-steps, or the file(s) of --pretrained-path. ``init(key)`` makes the BC state, whose
+        ``params`` are the flow; ``act(flow, obs, key)`` acts by (1) and evaluates it at offline step 0."""
+        a = self.args
+        states = jax.vmap(init)(self.flow_keys)
+        self.flow_act, self.flow = act, states.params
+        one = unstack(states.params, 1)[0]
+        if a.pretrained_path:
+            paths = [a.pretrained_path.format(seed=s) for s in self.seeds]
+            self.flow = stack([self._load_flow(p, one) for p in paths])
+        elif self.P > 0 and self._phase() in (None, "pretrain"):
+            done = [os.path.join(d, "pretrained.msgpack") for d in self.run_dirs]
+            if all(os.path.exists(p) and checkpoint.read_meta(p).get("steps") == self.P for p in done):
+                self.flow = stack([self._load_flow(p, one) for p in done])  # killed after pretraining ended
+            else:
+                if self._phase() == "pretrain":
+                    restored = stack([t for t, _ in self._restore(lambda i: self._trees(states)[i])])
+                    states, self.keys = restored["state"], restored["key"]
+
+                def boundary(s: Tree, step: int) -> None:
+                    if step % a.checkpoint_interval == 0 and step < self.P:
+                        self._save(step, "pretrain", self._trees(s))
+
+                states = self._updates("pretrain", states, update, int(self.resume_meta.get("step", 0)), self.P, 0, boundary)
+                meta = {"obs_dim": self.obs_dim, "action_dim": self.chunk_dim, "horizon": a.horizon, "env": self.env_name,
+                        "hidden_dims": list(a.actor_hidden_dims), "layer_norm": a.actor_layer_norm, "steps": self.P}
+                for d, flow in zip(self.run_dirs, unstack(states.params, len(self.seeds)), strict=True):
+                    checkpoint.save(os.path.join(d, "pretrained.msgpack"), {"params": flow}, meta)
+                self.flow = states.params
+        return self.flow
+
+    def _load_flow(self, path: str, template: Tree) -> Tree:
+        """A BC flow checkpoint (from any algorithm's BC stage), checked to fit this run."""
+        if not os.path.exists(path):
+            raise UserError(f"no flow checkpoint at {path} (--pretrained-path)")
+        meta = checkpoint.read_meta(path)
+        if (meta.get("obs_dim"), meta.get("action_dim")) != (self.obs_dim, self.chunk_dim):
+            raise UserError(f"{path} is a flow for obs/chunk dims {meta.get('obs_dim')}/{meta.get('action_dim')}, "
+                            f"this run needs {self.obs_dim}/{self.chunk_dim} (check --env-id and --horizon)")
+        return checkpoint.load(path, {"params": template})[0]["params"]
+
+    def offline(self, init: Callable, flow: Tree, update: Callable, act: Callable, log_state: Callable | None = None) -> Tree:
+        """The offline phase: ``init(key, flow)`` makes the training state of one seed; the BC flow (or, with
+        no BC stage, the initial actor) is evaluated at phase step 0, then --offline-steps updates."""
+        a = self.args
+        state = jax.vmap(init)(self.init_keys, flow)
+        start = self.P
+        if self._phase() == "offline":
+            restored = stack([t for t, _ in self._restore(lambda i: self._trees(state)[i])])
+            state, self.keys, start = restored["state"], restored["key"], int(self.resume_meta["step"])
+        elif self._phase() == "online":
+            return state  # a template: online() restores the state with the buffer and the envs
+        elif a.eval_episodes > 0:
+            self.evaluate(*((self.flow_act, self.flow) if self.flow_act else (act, state)), self.P, "offline", 0)
+
+        def boundary(s: Tree, step: int) -> None:
+            rel = step - self.P
+            if a.eval_episodes > 0 and (rel % a.eval_interval == 0 or step == self.off_end):
+                self.evaluate(act, s, step, "offline", rel)
+            if rel % a.checkpoint_interval == 0 or step == self.off_end:
+                self._save(step, "offline", self._trees(s))
+
+        if start == self.off_end and self._phase() != "offline":  # no offline updates: still leave a resume point
+            self._save(start, "offline", self._trees(state))
+        return self._updates("offline", state, update, start, self.off_end, self.P, boundary, log_state)
+
+    def _trees(self, state: Tree) -> list[Tree]:
+        return [{"state": s, "key": k} for s, k in zip(unstack(state, len(self.seeds)), self.keys, strict=True)]
+
+    def _updates(self, phase: str, state: Tree, update: Callable, start: int, end: int, phase_start: int,
+                 boundary: Callable[[Tree, int], None], log_state: Callable | None = None) -> Tree:
+        """Global steps [start, end) of ``update`` in scanned blocks; logs every --log-interval updates."""
+        a, step, acc, n_acc = self.args, start, None, 0
+        state = jax.tree.map(jnp.copy, state)  # own buffers: the blocks donate them, and init may share leaves
+        while step < end:
+            rel = step - phase_start
+            nxt = min(end, self.data.next_switch(step), *(phase_start + (rel // iv + 1) * iv for iv in
+                                                           (a.log_interval, a.eval_interval, a.checkpoint_interval)))
+            data, size = self.data.at(step)
+            (state, self.keys), m = self._block(update, int(nxt - step))((state, self.keys), data, size)
+            m = jax.device_get(m)
+            self._check_finite(m, phase, nxt)
+            acc = {k: (0 if acc is None else acc[k]) + v * (nxt - step) for k, v in m.items()}
+            n_acc, step = n_acc + nxt - step, int(nxt)
+            if (step - phase_start) % a.log_interval == 0 or step == end:
+                self._log_train(step, phase, step - phase_start, {k: v / n_acc for k, v in acc.items()}, state, log_state)
+                acc, n_acc = None, 0
+            boundary(state, step)
+        return state
+
+    def _block(self, update: Callable, n: int) -> Callable:
+        """``n`` updates of every seed in one dispatch (lax.scan), batches sampled on the device."""
+        if (update, n) not in self._jitted:
+            a = self.args
+
+            def block(carry, data, size):
+                def body(c, _):
+                    states, keys = c
+                    ks = jax.vmap(jax.random.split)(keys)
+                    batch = jax.vmap(lambda k: sample_chunks(data, k, a.batch_size, a.horizon, a.discount, size))(ks[:, 0])
+                    states, m = jax.vmap(update)(states, batch)
+                    return (states, ks[:, 1]), m
+
+                carry, ms = jax.lax.scan(body, carry, None, length=n)
+                return carry, jax.tree.map(lambda x: x.mean(0), ms)
+
+            self._jitted[update, n] = jax.jit(block, donate_argnums=0)
+        return self._jitted[update, n]
+
+    def _check_finite(self, metrics: dict, phase: str, step: int) -> None:
+        bad = [k for k, v in metrics.items() if not np.all(np.isfinite(v))]
+        if bad:
+            raise UserError(f"non-finite {', '.join(bad)} at {phase} step {step}; the last good checkpoint is kept")
+
+    def _log_train(self, step: int, phase: str, phase_step: int, metrics: dict, state: Tree, log_state: Callable | None,
+                   extra: list[dict] | None = None) -> None:
+        if log_state is not None:  # values of the state now (e.g. lambda), not block averages
+            metrics = {**metrics, **jax.device_get(jax.vmap(log_state)(state))}
+        rows = [{"phase_step": phase_step, **(extra[i] if extra else {}), **{k: float(v[i]) for k, v in metrics.items()}}
+                for i in range(len(self.seeds))]
+        for log, row in zip(self.logs, rows, strict=True):
+            log.log("train", step, phase, row)
+        self.progress.advance(step, phase, rows[0])
+
+    # ------------------------------------------------------------------------ evaluation
+    def evaluate(self, act: Callable, tree: Tree, step: int, phase: str, phase_step: int) -> None:
+        """--eval-episodes episodes per seed, batched: reset seeds seed*1000003 + step + e, action noise of
+        episode e at chunk c keyed by (that seed, e, c); the first episode filmed with --capture-video."""
+        a, n, e = self.args, len(self.seeds), self.args.eval_episodes
+        if self.evaluator is None:
+            workers = a.eval_workers if a.eval_workers is not None else min(len(os.sched_getaffinity(0)), 8, n * e)
+            self.evaluator = Evaluator(self.env_name, n, e, workers)
+        if (act, "eval") not in self._jitted:
+            def policy(tree, obs, seeds, chunk):
+                def one_seed(t, o, s):
+                    keys = jax.vmap(lambda j: jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(s), j), chunk))(jnp.arange(e))
+                    return jax.vmap(act, in_axes=(None, 0, 0))(t, o, keys)
+                return jax.vmap(one_seed)(tree, obs, seeds).reshape(n, e, a.horizon, self.act_dim)
+
+            self._jitted[act, "eval"] = jax.jit(policy)
+        seeds = [(s * 1_000_003 + step) % 2**32 for s in self.seeds]
+        fn = self._jitted[act, "eval"]
+        videos = [os.path.join(d, "videos", f"step_{step}.mp4") for d in self.run_dirs] if a.capture_video else None
+        results = self.evaluator.run(lambda obs, c: np.asarray(fn(tree, obs, np.asarray(seeds, np.uint32), c)),
+                                     [[s + j for j in range(e)] for s in seeds], videos)
+        for i, r in enumerate(results):
+            self.last_eval[i] = r
+            self.logs[i].log("eval", step, phase, {"phase_step": phase_step, **r})
+
+    # ------------------------------------------------------------------------ online phase
+    def online(self, state: Tree, update: Callable, act: Callable, start: Callable | None = None,
+               log_state: Callable | None = None) -> Tree:
+        """Offline -> online (METHOD 7) for every seed: act by ``act`` once per chunk and run it open-loop in the
+        seed's training env, store each env step in its online rows, and from --start-training env steps on run
+        --utd-ratio updates per env step, in one dispatch per env step for all seeds. ``start(state)`` is
+        applied when the phase begins (e.g. the online KL budget). Global step = end of offline + env steps."""
+        a, N, H, A, T = self.args, len(self.seeds), self.args.horizon, self.act_dim, self.args.online_steps
+        if T == 0:
+            return state
+        limit = {} if a.online_max_episode_steps is None else {"max_episode_steps": a.online_max_episode_steps}
+        envs = [make_env(self.env_name, **limit) for _ in self.seeds]
+        rows = online.empty_rows(N, T, self.obs_dim, A)
+        steps = {n: self._online_step(update, n) for n in {0, a.utd_ratio}}
+        acting = self._jitted.setdefault((act, "online"), jax.jit(jax.vmap(act)))
+        act_keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(s), ACT_KEY) for s in self.seeds])
+        batch = jax.eval_shape(lambda d, k: sample_chunks(d, k, a.batch_size, a.horizon, a.discount),
+                               self.data.at(self.off_end)[0], self.keys[0])
+        names = jax.eval_shape(lambda s, b: update(s, b)[1], unstack(state, 1)[0], batch)
+        acc = {"updates": jnp.zeros(N), **{k: jnp.zeros(N) for k in names}}
+        t, ep = 0, [{"episode": 0, "episode_return": 0.0, "episode_length": 0} for _ in self.seeds]
+        queues: list[list] = [[] for _ in self.seeds]
+        obs = [env.reset(seed=online.episode_seed(s, 0))[0] for env, s in zip(envs, self.seeds, strict=True)]
+        exact = [True] * N
+
+        def tree(i: int, rows_i: dict, state_i: Tree) -> dict:  # what a checkpoint holds for seed i
+            q = np.zeros((H, A), np.float32)
+            q[: len(queues[i])] = np.reshape(queues[i], (-1, A))
+            return {"state": state_i, "key": self.keys[i], "rows": rows_i, "acc": jax.tree.map(lambda x: x[i], acc),
+                    "queue": q, "env": online.env_snapshot(envs[i])}
+
+        if self._phase() == "online":  # buffer rows, env by replaying the current episode, action queue, counters
+            t = int(self.resume_meta["env_step"])
+            if t > T:
+                raise UserError(f"{self.resume[0]} is at online env step {t}, past --online-steps {T}: use another --run-dir")
+            empty = {k: np.zeros((t,) + v.shape[2:], np.float32) for k, v in rows.items()}
+            states = unstack(state, N)
+            restored = self._restore(lambda i: tree(i, empty, states[i]))
+            both = stack([{k: ck[k] for k in ("state", "key", "acc")} for ck, _ in restored])
+            state, self.keys, acc = both["state"], both["key"], both["acc"]
+            rows = {k: rows[k].at[:, :t].set(np.stack([ck["rows"][k] for ck, _ in restored])) for k in rows}
+            for i, (ck, m) in enumerate(restored):
+                ep[i] = {k: m[k] for k in ep[i]}
+                queues[i] = list(np.asarray(ck["queue"])[: int(m["queue_len"])])
+                seed = online.episode_seed(self.seeds[i], int(m["episode"]))
+                obs[i], exact[i] = online.restore_env(envs[i], seed, ck["rows"]["actions"][t - int(m["episode_length"]): t], ck["env"])
+        elif start is not None:
+            state = jax.vmap(start)(state)
+        state = jax.tree.map(jnp.copy, state)  # own buffers: the online step donates them
+
+        t_begin, wall_begin = t, time.time()
+        while t < T:
+            if any(not q for q in queues):  # one policy call per chunk (for every seed at once), run open-loop
+                if a.balanced_sampling and t < a.start_training:  # as the authors: uniform random actions, one at a time
+                    chunks = [np.random.default_rng([s, t]).uniform(-1, 1, (1, A)).astype(np.float32) for s in self.seeds]
+                else:
+                    keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(act_keys, t)
+                    chunks = np.asarray(acting(state, jnp.asarray(np.stack(obs), jnp.float32), keys)).reshape(N, -1, A)
+                queues = [q or list(c) for q, c in zip(queues, chunks, strict=True)]
+            new, ended = [], []
+            for i, env in enumerate(envs):
+                action = queues[i].pop(0)
+                next_obs, reward, terminated, truncated, info = env.step(action)
+                r = -float(reward != 0) if a.sparse else float(reward)  # the dataset's reward mapping
+                new.append(online.transition(obs[i], action, next_obs, r, terminated, truncated))
+                obs[i] = next_obs
+                ep[i]["episode_return"] += float(reward)
+                ep[i]["episode_length"] += 1
+                if terminated or truncated:
+                    ended.append((i, float(info.get("success", 0.0))))
+            data, size = self.data.at(self.off_end + t)
+            n_upd = a.utd_ratio if t + 1 >= a.start_training else 0
+            (state, self.keys), rows, acc = steps[n_upd]((state, self.keys), rows, np.int32(t), stack(new), acc, data, np.int32(size))
+            t += 1
+            for i, success in ended:  # the pending chunk is dropped at an episode's end
+                e = ep[i]
+                self.logs[i].log("online_episodes", self.off_end + t, "online", {"phase_step": t, "episode": e["episode"],
+                                 "return": e["episode_return"], "success": success, "length": e["episode_length"]})
+                ep[i] = {"episode": e["episode"] + 1, "episode_return": 0.0, "episode_length": 0}
+                queues[i] = []
+                obs[i] = envs[i].reset(seed=online.episode_seed(self.seeds[i], ep[i]["episode"]))[0]
+
+            step = self.off_end + t
+            if t % a.log_interval == 0 or t == T:
+                sums = jax.device_get(acc)
+                n = sums.pop("updates")
+                metrics = {k: np.where(n > 0, v / np.maximum(n, 1), np.nan) for k, v in sums.items()}
+                self._check_finite({k: v for k, v in metrics.items() if np.all(n > 0)}, "online", step)
+                counts = [{"updates": int(n[i]), "buffer_size": size + t, "episodes": ep[i]["episode"]} for i in range(N)]
+                self._log_train(step, "online", t, metrics, state, log_state, counts)
+                acc = jax.tree.map(jnp.zeros_like, acc)
+            if a.eval_episodes > 0 and (t % a.eval_interval == 0 or t == T):
+                self.evaluate(act, state, step, "online", t)
+            if t % a.checkpoint_interval == 0 or t == T:
+                host_rows = jax.device_get({k: v[:, :t] for k, v in rows.items()})
+                self._save(step, "online", [tree(i, {k: v[i] for k, v in host_rows.items()}, s) for i, s in enumerate(unstack(state, N))],
+                           [{"env_step": t, **ep[i], "queue_len": len(queues[i])} for i in range(N)])
+
+        rate = (t - t_begin) / max(time.time() - wall_begin, 1e-9)
+        self.online_info = [{"online_episodes": ep[i]["episode"], "online_env_steps_per_s": rate, "env_restored_exactly": exact[i]}
+                            for i in range(N)]
+        return state
+
+    def _online_step(self, update: Callable, n_updates: int) -> Callable:
+        """One env step of every seed in one dispatch: write its rows (donated, so in place), then
+        ``n_updates`` updates (lax.scan) on chunks from dataset + online rows; metrics summed into ``acc``."""
+        a = self.args
+
+        def step(carry, rows, t, new, acc, data, size):
+            rows = {k: rows[k].at[:, t].set(new[k]) for k in rows}
+            if n_updates == 0:
+                return carry, rows, acc
+
+            def body(c, _):
+                states, keys = c
+                ks = jax.vmap(jax.random.split)(keys)
+                batch = jax.vmap(lambda r, k: online.sample(data, size, r, t + 1, k, a.batch_size, a.horizon, a.discount,
+                                                            a.balanced_sampling))(rows, ks[:, 0])
+                states, m = jax.vmap(update)(states, batch)
+                return (states, ks[:, 1]), m
+
+            carry, ms = jax.lax.scan(body, carry, None, length=n_updates)
+            acc = {k: acc[k] + (n_updates if k == "updates" else ms[k].sum(0)) for k in acc}
+            return carry, rows, acc
+
+        return jax.jit(step, donate_argnums=(0, 1, 4))
+
+    # --------------------------------------------------------------------------- summary
+    def finish(self, state: Tree, extra: Callable[[Tree], dict] | None = None) -> list[dict]:
+        """summary.json per seed (final evaluation, step counts, wall time, ``extra(state)`` of the method)."""
+        a = self.args
+        if self.evaluator is not None:
+            self.evaluator.close()
+        self.progress.close()
+        values = jax.device_get(jax.vmap(extra)(state)) if extra else {}
+        out = []
+        for i, (log, s) in enumerate(zip(self.logs, self.seeds, strict=True)):
+            summary = {"algorithm": self.algorithm, "env": self.env_name, "seed": s, "steps": self.total, "pretrain_steps": self.P,
+                       "offline_steps": a.offline_steps, "online_steps": a.online_steps, **self.online_info[i],
+                       "final_success": self.last_eval[i].get("success"), "final_eval": dict(self.last_eval[i]),
+                       **{k: float(v[i]) for k, v in values.items()}, "session_wall_time_s": time.time() - self._t0,
+                       "run_dir": self.run_dirs[i], "dataset": self.dataset_path}
+            log.close(summary)
+            out.append(summary)
+        return out
+
