@@ -91,7 +91,7 @@ def test_missing_corrupt_and_mismatched_data(tiny_dataset, tmp_path):
     p = run("trqam.py", *TINY, "--run-dir", str(tmp_path / "r"), check=False, env_extra={"OGBENCH_DATA_DIR": str(empty)})
     last = p.stderr.strip().splitlines()[-1]
     assert p.returncode != 0 and "Traceback" not in p.stderr
-    assert str(empty / "cube-single-play-v0.npz") in last and "python -m utils.generate --env-id cube-single-play" in last
+    assert str(empty / "cube-single-play-v0.npz") in last and "python -m datagen --env-id cube-single-play" in last
 
     bad = tmp_path / "cube-single-play-v0.npz"
     bad.write_bytes(b"not a zip file at all")

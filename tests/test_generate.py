@@ -1,4 +1,4 @@
-"""utils.generate (seeded OGBench data generation) and utils.info (inspection / npz validation).
+"""datagen (seeded OGBench data generation) and datagen.info (inspection / npz validation).
 
 Real 1001-step cube-single play episodes, but few of them: the module's generations are shared
 through module-scoped fixtures so the whole file stays well under 90 s on 2 cores.
@@ -18,9 +18,10 @@ import time
 import numpy as np
 import pytest
 
+from datagen.generate import generate_dataset, sha256_file
+from datagen.info import open_npz
+from datagen.recipe import collect_unit, parse_env_id, unit_seeds
 from utils.errors import UserError
-from utils.generate import _unit_seeds, collect_unit, generate_dataset, parse_env_id, sha256_file
-from utils.info import open_npz
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = "cube-single-play-v0"
@@ -71,7 +72,7 @@ def test_parse_env_id():
 
 
 def test_cli_rejects_locomotion_with_one_line(tmp_path):
-    r = _run("utils.generate", "--env-id", "antmaze-large-navigate-v0", "--episodes", "1", "--out", str(tmp_path))
+    r = _run("datagen", "--env-id", "antmaze-large-navigate-v0", "--episodes", "1", "--out", str(tmp_path))
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "expert policies" in lines[0]
@@ -98,7 +99,7 @@ def test_same_seed_identical_any_workers_other_seed_differs(gen_a, tmp_path):
 def test_noisy_units_reproducible():
     """Noisy data (random actions, Gaussian noise, button states) is seeded too. Short episodes for speed."""
     runs = [
-        collect_unit("puzzle-3x3", "noisy", 1, _unit_seeds(seed, "train", 0, 0), max_episode_steps=150)[0]
+        collect_unit("puzzle-3x3", "noisy", 1, unit_seeds(seed, "train", 0, 0), max_episode_steps=150)[0]
         for seed in (5, 5, 6)
     ]
     assert set(runs[0]) == {"observations", "actions", "terminals", "qpos", "qvel", "button_states"}
@@ -174,7 +175,7 @@ def test_sharded_parallel(gen_sharded, gen_a):
     for k in KEYS:
         np.testing.assert_array_equal(shards[0][k], single[k][:1001], err_msg=k)
     # The shard directory is inspectable.
-    r = _run("utils.info", d)
+    r = _run("datagen.info", d)
     assert r.returncode == 0, r.stderr
     assert "episodes:    2" in r.stdout and "task1:" in r.stdout
 
@@ -204,7 +205,7 @@ def test_corrupt_npz_one_line_error(gen_a, tmp_path, damage):
         open_npz(str(bad))
     msg = str(e.value)
     assert str(bad) in msg and "\n" not in msg
-    r = _run("utils.info", str(bad))
+    r = _run("datagen.info", str(bad))
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and str(bad) in lines[0], r.stderr
@@ -253,7 +254,7 @@ def test_killed_cli_run_resumes_to_identical_output(gen_sharded, tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "utils.generate",
+        "datagen",
         "--env-id",
         "cube-single-play",
         "--episodes",

@@ -67,7 +67,7 @@ def default_data_dir() -> str:
 def generate_command(env_name: str, out_dir: str, episodes: int = 1000) -> str:
     _, dataset_name, domain = split_env_name(env_name)
     short = dataset_name[: -len("-v0")]
-    return f"python -m utils.generate --env-id {short} --episodes {episodes} --seed 0 --workers 8 --out {out_dir}"
+    return f"python -m datagen --env-id {short} --episodes {episodes} --seed 0 --workers 8 --out {out_dir}"
 
 
 def resolve_dataset_path(env_name: str, dataset_path: str | None, generate_missing: int = 0) -> str:
@@ -87,7 +87,7 @@ def resolve_dataset_path(env_name: str, dataset_path: str | None, generate_missi
     if generate_missing > 0:
         if domain not in MANIP_DOMAINS:
             raise UserError(f"cannot generate data for '{domain}': only manipulation domains have scripted oracles")
-        from utils.generate import generate_dataset
+        from datagen.generate import generate_dataset
 
         # data seed fixed at 0 (not the training seed): runs with different seeds share one dataset
         return generate_dataset(dataset_name, episodes=generate_missing, seed=0, out_dir=out_dir, workers=os.cpu_count() or 1)
@@ -113,7 +113,7 @@ def load_dataset(env_name: str, path: str, sparse: bool = False) -> dict[str, np
     from ogbench.relabel_utils import relabel_dataset
     from ogbench.utils import load_dataset as og_load
 
-    from utils.info import open_npz
+    from datagen.info import open_npz
 
     parts = []
     for f in _shard_files(path):
