@@ -28,7 +28,8 @@ onto its final name. Finished units are kept as part files (``.<name>.parts/``) 
 is assembled; the manifest is written first (``complete: false``) and updated after each file. A
 rerun of the same command skips part files whose embedded metadata and episode count check out
 and final files whose sha256 matches the manifest, and regenerates anything else. A lock file
-``OUT/.<name>.lock`` serialises concurrent generations of the same dataset in the same directory.
+``OUT/.<name>.lock`` serialises concurrent generations of the same dataset in the same directory;
+the generation that holds it removes it when it ends.
 
 Speed (the 2-core dev VM, one worker = one core, 1001-step play episodes; the VM was shared with
 other jobs, so CPU time is the reliable number). End to end,
@@ -57,6 +58,7 @@ import shutil
 import sys
 import warnings
 import zipfile
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -275,6 +277,40 @@ def _relpath(path: str, root: str) -> str:
     return os.path.relpath(path, root)
 
 
+@contextlib.contextmanager
+def exclusive_lock(path: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``path`` (created if missing) and remove it on exit.
+
+    The file is removed while the lock is still held. A waiter may have opened the file before
+    that and then be granted the lock on the removed file, so after every grant we check that
+    ``path`` still names the file we locked, and start again if not: at most one holder at a time
+    whatever the interleaving. A killed holder leaves the (empty) file; the kernel drops its lock.
+    """
+    while True:
+        try:
+            f = open(path, "a")  # noqa: SIM115 - held until the end of the with-block
+        except OSError as e:
+            raise UserError(f"cannot write to output directory {os.path.dirname(path)}: {e.strerror}") from None
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            held = os.fstat(f.fileno())
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                now = None
+        except BaseException:
+            f.close()
+            raise
+        if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            break
+        f.close()  # the previous holder removed the file we waited on
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        f.close()  # releases the lock
+
 
 def generate_dataset(
     env_id: str,
@@ -325,13 +361,7 @@ def generate_dataset(
         os.makedirs(plan["root"], exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create output directory {plan['root']}: {e.strerror}") from None
-    lock_path = os.path.join(out_dir, f".{plan['name']}.lock")
-    try:
-        lock_file = open(lock_path, "a")  # noqa: SIM115 - held for the whole generation
-    except OSError as e:
-        raise UserError(f"cannot write to output directory {out_dir}: {e.strerror}") from None
-    with lock_file:  # closing the file releases the lock, also when we are killed
-        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+    with exclusive_lock(os.path.join(out_dir, f".{plan['name']}.lock")):
         return _generate_locked(plan, config, workers, progress, overwrite)
 
 

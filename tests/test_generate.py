@@ -13,12 +13,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
 import pytest
 
-from datagen.generate import generate_dataset, sha256_file
+from datagen.generate import exclusive_lock, generate_dataset, sha256_file
 from datagen.info import open_npz
 from datagen.recipe import collect_unit, parse_env_id, unit_seeds
 from utils.errors import UserError
@@ -125,6 +126,8 @@ def test_on_disk_format(gen_a):
     assert man["files"][f"{NAME}.npz"]["sha256"] == sha256_file(gen_a)
     assert man["totals"]["train"] == {"files": 1, "episodes": 2, "rows": 2002, "transitions": 2000}
     assert man["files"][f"{NAME}.npz"]["units"][0]["seed_sequence"] == {"entropy": 0, "spawn_key": [0, 0, 0]}
+    # nothing else: no lock file, no temp files, no part files (os.listdir shows hidden names too)
+    assert sorted(os.listdir(os.path.dirname(gen_a))) == [f"{NAME}-val.npz", f"{NAME}.manifest.json", f"{NAME}.npz"]
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # gymnasium's float32 Box notices from ogbench's envs
@@ -158,6 +161,7 @@ def test_loads_and_relabels_through_ogbench(gen_a):
 def test_sharded_parallel(gen_sharded, gen_a):
     d = gen_sharded
     assert os.path.basename(d) == NAME and os.path.isdir(d)
+    assert os.listdir(os.path.dirname(d)) == [NAME]  # no lock file beside the shard directory
     files = sorted(os.listdir(d))
     assert files == [f"{NAME}-000.npz", f"{NAME}-001.npz", f"{NAME}-val.npz", f"{NAME}.manifest.json"]
     shards = [_load(os.path.join(d, f"{NAME}-{i:03d}.npz")) for i in range(2)]
@@ -186,6 +190,34 @@ def test_existing_foreign_file_is_not_overwritten(tmp_path):
     with pytest.raises(UserError, match="not overwriting"):
         generate_dataset("cube-single-play", episodes=1, seed=0, out_dir=str(tmp_path), progress=False)
     assert target.read_bytes() == b"official data, say"
+    assert os.listdir(tmp_path) == [f"{NAME}.npz"]  # the failed generation removed its lock file too
+
+
+def test_lock_serialises_holders_and_is_removed(tmp_path):
+    """Three holders in a row: the first removes the file while the second waits on it and a third
+    arrives after the removal; the second and third must still never hold the lock together."""
+    path = str(tmp_path / ".x.lock")
+    inside, peak, guard = [0], [0], threading.Lock()
+
+    def hold(seconds: float) -> None:
+        with exclusive_lock(path):
+            with guard:
+                inside[0] += 1
+                peak[0] = max(peak[0], inside[0])
+            time.sleep(seconds)
+            with guard:
+                inside[0] -= 1
+
+    with exclusive_lock(path):
+        assert os.path.isfile(path)
+        waiter = threading.Thread(target=hold, args=(0.5,))
+        waiter.start()
+        time.sleep(0.2)  # the waiter opens the file we are about to remove, and blocks
+        assert waiter.is_alive()
+    hold(0.5)  # arrives after the removal
+    waiter.join(timeout=30)
+    assert peak[0] == 1
+    assert not os.path.exists(path)
 
 
 # ------------------------------------------------------------------- corrupt files / info
@@ -294,3 +326,4 @@ def test_killed_cli_run_resumes_to_identical_output(gen_sharded, tmp_path):
     for f in (f"{NAME}-000.npz", f"{NAME}-001.npz", f"{NAME}-val.npz"):
         assert sha256_file(str(out / NAME / f)) == sha256_file(os.path.join(gen_sharded, f)), f
     assert not os.path.exists(out / NAME / ".parts")
+    assert os.listdir(out) == [NAME]  # the killed run's lock file is gone after the rerun
