@@ -157,6 +157,34 @@ def test_loads_and_relabels_through_ogbench(gen_a):
     assert any_success  # a play dataset passes through some task goals
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_info_cli_reports_a_generated_file(gen_a):
+    """python -m datagen.info FILE: rows, transitions, episodes, dims, val, and per-task success
+    equal to what OGBench's relabelling gives on the raw file (rows with masks == 0)."""
+    import ogbench
+    from ogbench.relabel_utils import relabel_dataset
+
+    r = _run("datagen.info", gen_a)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert out.startswith(f"{gen_a}: 1 file(s) + val {NAME}-val.npz")
+    assert "transitions: 2000 (2002 rows," in out and "episodes:    2 (avg 1001.0 rows)" in out
+    assert "obs dim:     28    action dim: 5" in out and "val:         1 episodes, 1001 rows" in out
+    raw = _load(gen_a)
+    episode = np.repeat([0, 1], 1001)
+    seen = 0.0
+    for task in range(1, 6):
+        env = ogbench.make_env_and_datasets(f"cube-single-play-singletask-task{task}-v0", env_only=True)
+        d = {"qpos": raw["qpos"], "qvel": raw["qvel"]}
+        relabel_dataset(f"cube-single-singletask-task{task}-v0", env, d)
+        env.close()
+        solved = d["masks"] == 0
+        rows, eps = 100 * solved.mean(), 100 * np.unique(episode[solved]).size / 2
+        seen += rows
+        assert f"task{task}: {rows:6.2f}% of rows, {eps:6.2f}% of episodes" in out, (task, out)
+    assert seen > 0  # some task is solved somewhere in the data, so the numbers above are not all zero
+
+
 # ------------------------------------------------------------------ sharding / parallel
 def test_sharded_parallel(gen_sharded, gen_a):
     d = gen_sharded
