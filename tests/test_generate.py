@@ -97,6 +97,21 @@ def test_same_seed_identical_any_workers_other_seed_differs(gen_a, tmp_path):
     assert not np.array_equal(da["actions"][:1001], dc["actions"])
 
 
+def test_a_shard_depends_on_seed_index_and_size_only():
+    """docs/DATA.md: the shards of --episodes 10000 --shards 10 are the first shards of --episodes 100000
+    --shards 100 (same seed). Checked on the plan (no collection): same units, same seeds; other shards differ."""
+    from datagen.generate import _plan
+
+    def units(plan, shard):
+        return [(u["episodes"], u["seed_sequence"], u["numpy_global"], u["env_reset"]) for u in plan["files"][shard]["units"]]
+
+    small, big = _plan("cube-triple", "play", 30, 7, 2, "/d"), _plan("cube-triple", "play", 60, 7, 4, "/d")
+    for shard in range(2):
+        assert units(small, shard) == units(big, shard) and len(units(small, shard)) == 2
+    assert units(big, 2)[0][1:] != units(big, 0)[0][1:]
+    assert small["files"][-1]["split"] == "val" and units(small, -1)[0][1:] != units(small, 0)[0][1:]
+
+
 def test_noisy_units_reproducible():
     """Noisy data (random actions, Gaussian noise, button states) is seeded too. Short episodes for speed."""
     runs = [
