@@ -37,7 +37,7 @@ def main() -> None:
 
     try:
         t0 = time.time()
-        from utils.generate import generate_dataset
+        from datagen.generate import generate_dataset
 
         print(f"[demo] 1/3 dataset: {a.episodes} cube-single play episodes in {a.data_dir}/ (seed {a.seed})", flush=True)
         path = generate_dataset("cube-single-play", episodes=a.episodes, seed=a.seed, out_dir=a.data_dir, workers=a.workers)

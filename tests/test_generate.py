@@ -1,4 +1,4 @@
-"""utils.generate (seeded OGBench data generation) and utils.info (inspection / npz validation).
+"""datagen (seeded OGBench data generation) and datagen.info (inspection / npz validation).
 
 Real 1001-step cube-single play episodes, but few of them: the module's generations are shared
 through module-scoped fixtures so the whole file stays well under 90 s on 2 cores.
@@ -13,14 +13,16 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
 import pytest
 
+from datagen.generate import exclusive_lock, generate_dataset, sha256_file
+from datagen.info import open_npz
+from datagen.recipe import collect_unit, parse_env_id, unit_seeds
 from utils.errors import UserError
-from utils.generate import _unit_seeds, collect_unit, generate_dataset, parse_env_id, sha256_file
-from utils.info import open_npz
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = "cube-single-play-v0"
@@ -71,7 +73,7 @@ def test_parse_env_id():
 
 
 def test_cli_rejects_locomotion_with_one_line(tmp_path):
-    r = _run("utils.generate", "--env-id", "antmaze-large-navigate-v0", "--episodes", "1", "--out", str(tmp_path))
+    r = _run("datagen", "--env-id", "antmaze-large-navigate-v0", "--episodes", "1", "--out", str(tmp_path))
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "expert policies" in lines[0]
@@ -95,10 +97,25 @@ def test_same_seed_identical_any_workers_other_seed_differs(gen_a, tmp_path):
     assert not np.array_equal(da["actions"][:1001], dc["actions"])
 
 
+def test_a_shard_depends_on_seed_index_and_size_only():
+    """docs/DATA.md: the shards of --episodes 10000 --shards 10 are the first shards of --episodes 100000
+    --shards 100 (same seed). Checked on the plan (no collection): same units, same seeds; other shards differ."""
+    from datagen.generate import _plan
+
+    def units(plan, shard):
+        return [(u["episodes"], u["seed_sequence"], u["numpy_global"], u["env_reset"]) for u in plan["files"][shard]["units"]]
+
+    small, big = _plan("cube-triple", "play", 30, 7, 2, "/d"), _plan("cube-triple", "play", 60, 7, 4, "/d")
+    for shard in range(2):
+        assert units(small, shard) == units(big, shard) and len(units(small, shard)) == 2
+    assert units(big, 2)[0][1:] != units(big, 0)[0][1:]
+    assert small["files"][-1]["split"] == "val" and units(small, -1)[0][1:] != units(small, 0)[0][1:]
+
+
 def test_noisy_units_reproducible():
     """Noisy data (random actions, Gaussian noise, button states) is seeded too. Short episodes for speed."""
     runs = [
-        collect_unit("puzzle-3x3", "noisy", 1, _unit_seeds(seed, "train", 0, 0), max_episode_steps=150)[0]
+        collect_unit("puzzle-3x3", "noisy", 1, unit_seeds(seed, "train", 0, 0), max_episode_steps=150)[0]
         for seed in (5, 5, 6)
     ]
     assert set(runs[0]) == {"observations", "actions", "terminals", "qpos", "qvel", "button_states"}
@@ -124,6 +141,8 @@ def test_on_disk_format(gen_a):
     assert man["files"][f"{NAME}.npz"]["sha256"] == sha256_file(gen_a)
     assert man["totals"]["train"] == {"files": 1, "episodes": 2, "rows": 2002, "transitions": 2000}
     assert man["files"][f"{NAME}.npz"]["units"][0]["seed_sequence"] == {"entropy": 0, "spawn_key": [0, 0, 0]}
+    # nothing else: no lock file, no temp files, no part files (os.listdir shows hidden names too)
+    assert sorted(os.listdir(os.path.dirname(gen_a))) == [f"{NAME}-val.npz", f"{NAME}.manifest.json", f"{NAME}.npz"]
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # gymnasium's float32 Box notices from ogbench's envs
@@ -153,10 +172,39 @@ def test_loads_and_relabels_through_ogbench(gen_a):
     assert any_success  # a play dataset passes through some task goals
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_info_cli_reports_a_generated_file(gen_a):
+    """python -m datagen.info FILE: rows, transitions, episodes, dims, val, and per-task success
+    equal to what OGBench's relabelling gives on the raw file (rows with masks == 0)."""
+    import ogbench
+    from ogbench.relabel_utils import relabel_dataset
+
+    r = _run("datagen.info", gen_a)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert out.startswith(f"{gen_a}: 1 file(s) + val {NAME}-val.npz")
+    assert "transitions: 2000 (2002 rows," in out and "episodes:    2 (avg 1001.0 rows)" in out
+    assert "obs dim:     28    action dim: 5" in out and "val:         1 episodes, 1001 rows" in out
+    raw = _load(gen_a)
+    episode = np.repeat([0, 1], 1001)
+    seen = 0.0
+    for task in range(1, 6):
+        env = ogbench.make_env_and_datasets(f"cube-single-play-singletask-task{task}-v0", env_only=True)
+        d = {"qpos": raw["qpos"], "qvel": raw["qvel"]}
+        relabel_dataset(f"cube-single-singletask-task{task}-v0", env, d)
+        env.close()
+        solved = d["masks"] == 0
+        rows, eps = 100 * solved.mean(), 100 * np.unique(episode[solved]).size / 2
+        seen += rows
+        assert f"task{task}: {rows:6.2f}% of rows, {eps:6.2f}% of episodes" in out, (task, out)
+    assert seen > 0  # some task is solved somewhere in the data, so the numbers above are not all zero
+
+
 # ------------------------------------------------------------------ sharding / parallel
 def test_sharded_parallel(gen_sharded, gen_a):
     d = gen_sharded
     assert os.path.basename(d) == NAME and os.path.isdir(d)
+    assert os.listdir(os.path.dirname(d)) == [NAME]  # no lock file beside the shard directory
     files = sorted(os.listdir(d))
     assert files == [f"{NAME}-000.npz", f"{NAME}-001.npz", f"{NAME}-val.npz", f"{NAME}.manifest.json"]
     shards = [_load(os.path.join(d, f"{NAME}-{i:03d}.npz")) for i in range(2)]
@@ -174,7 +222,7 @@ def test_sharded_parallel(gen_sharded, gen_a):
     for k in KEYS:
         np.testing.assert_array_equal(shards[0][k], single[k][:1001], err_msg=k)
     # The shard directory is inspectable.
-    r = _run("utils.info", d)
+    r = _run("datagen.info", d)
     assert r.returncode == 0, r.stderr
     assert "episodes:    2" in r.stdout and "task1:" in r.stdout
 
@@ -185,6 +233,34 @@ def test_existing_foreign_file_is_not_overwritten(tmp_path):
     with pytest.raises(UserError, match="not overwriting"):
         generate_dataset("cube-single-play", episodes=1, seed=0, out_dir=str(tmp_path), progress=False)
     assert target.read_bytes() == b"official data, say"
+    assert os.listdir(tmp_path) == [f"{NAME}.npz"]  # the failed generation removed its lock file too
+
+
+def test_lock_serialises_holders_and_is_removed(tmp_path):
+    """Three holders in a row: the first removes the file while the second waits on it and a third
+    arrives after the removal; the second and third must still never hold the lock together."""
+    path = str(tmp_path / ".x.lock")
+    inside, peak, guard = [0], [0], threading.Lock()
+
+    def hold(seconds: float) -> None:
+        with exclusive_lock(path):
+            with guard:
+                inside[0] += 1
+                peak[0] = max(peak[0], inside[0])
+            time.sleep(seconds)
+            with guard:
+                inside[0] -= 1
+
+    with exclusive_lock(path):
+        assert os.path.isfile(path)
+        waiter = threading.Thread(target=hold, args=(0.5,))
+        waiter.start()
+        time.sleep(0.2)  # the waiter opens the file we are about to remove, and blocks
+        assert waiter.is_alive()
+    hold(0.5)  # arrives after the removal
+    waiter.join(timeout=30)
+    assert peak[0] == 1
+    assert not os.path.exists(path)
 
 
 # ------------------------------------------------------------------- corrupt files / info
@@ -204,7 +280,7 @@ def test_corrupt_npz_one_line_error(gen_a, tmp_path, damage):
         open_npz(str(bad))
     msg = str(e.value)
     assert str(bad) in msg and "\n" not in msg
-    r = _run("utils.info", str(bad))
+    r = _run("datagen.info", str(bad))
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and str(bad) in lines[0], r.stderr
@@ -253,7 +329,7 @@ def test_killed_cli_run_resumes_to_identical_output(gen_sharded, tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "utils.generate",
+        "datagen",
         "--env-id",
         "cube-single-play",
         "--episodes",
@@ -293,3 +369,4 @@ def test_killed_cli_run_resumes_to_identical_output(gen_sharded, tmp_path):
     for f in (f"{NAME}-000.npz", f"{NAME}-001.npz", f"{NAME}-val.npz"):
         assert sha256_file(str(out / NAME / f)) == sha256_file(os.path.join(gen_sharded, f)), f
     assert not os.path.exists(out / NAME / ".parts")
+    assert os.listdir(out) == [NAME]  # the killed run's lock file is gone after the rerun

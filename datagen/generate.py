@@ -1,20 +1,9 @@
-"""Seeded, reproducible, parallel generator of OGBench manipulation datasets.
+"""Seeded, parallel, crash-safe generation of an OGBench manipulation dataset (the driver).
 
-    python -m utils.generate --env-id cube-double-play --episodes 1000 --seed 0 --workers 8 --out DIR
-    python -m utils.generate --env-id cube-quadruple-play --episodes 100000 --shards 100 --workers 16 --out DIR
+    python -m datagen --env-id cube-double-play --episodes 1000 --seed 0 --workers 8 --out DIR
+    python -m datagen --env-id cube-quadruple-play --episodes 100000 --shards 100 --workers 16 --out DIR
 
-It follows the recipe of OGBench's official ``data_gen_scripts/generate_manipspace.py`` with the
-scripted oracles that ship in the ``ogbench`` package (see docs/OGBENCH.md):
-
-* env ``gymnasium.make('<domain>-v0', terminate_at_goal=False, mode='data_collection',
-  max_episode_steps=1001)``; every episode is 1001 rows, ``terminals`` is True on its last row;
-* the acting oracle is chosen by ``info['privileged/target_task']``; when it reports ``done`` the
-  env gets ``set_new_target(p_stack=...)`` with the per-episode stacking probability (cube-single 0,
-  double U(0,.25), triple U(.05,.35), quadruple U(.1,.5), scene/puzzle .5);
-* ``play``: plan oracles, noise 0.1, noise smoothing 0.5 (puzzle keeps the gripper closed);
-* ``noisy``: Markov oracles (min norm 0.4), per-episode xi ~ U(0, 0.1), Gaussian action noise with
-  std [xi, xi, xi, 3xi, 10xi], a uniformly random action with probability 0.1 (puzzle 0.2);
-* ``scene``: an episode in which the cube leaves the visible area is rejected and redone.
+What one episode is and how a unit is seeded: ``datagen.recipe``. The whole design: docs/DATA.md.
 
 On disk it writes OGBench's format (the zip layout of ``np.savez_compressed``: ``observations``,
 ``actions`` float32, ``terminals`` bool, ``qpos``, ``qvel`` float32, ``button_states`` int64 for
@@ -29,24 +18,22 @@ Validation holds ``max(episodes // 10, 1)`` extra episodes (OGBench uses ``episo
 episodes is the official minimum; we never write an empty val file).
 
 Reproducibility. Work is cut into units of at most ``BLOCK_EPISODES`` episodes: block ``b`` of
-train shard ``s`` (the single-file layout is shard 0) and block ``b`` of the val split. Each unit is
-seeded from ``np.random.SeedSequence(seed, spawn_key=(split, shard, block))`` only: the env resets
-(``env.reset(seed=...)``), the global ``np.random`` stream the package oracles draw from, and our
-own draws (stacking probability, xi, random-action coin, random actions, action noise).
-A fresh env is built per unit, so the arrays are identical for any ``--workers`` and any order of
-execution, and ``--shards 1`` gives the same episodes as the single-file layout. The npz files are
-written with fixed zip timestamps, so the files (and their sha256) are byte-identical too.
+train shard ``s`` (the single-file layout is shard 0) and block ``b`` of the val split, each seeded
+on its own (``datagen.recipe.unit_seeds``). So the arrays are identical for any ``--workers`` and any order
+of execution, and ``--shards 1`` gives the same episodes as the single-file layout. The npz files
+are written with fixed zip timestamps, so the files (and their sha256) are byte-identical too.
 
 Crash safety. Every file goes to a hidden temp name in its final directory and is ``os.replace``d
 onto its final name. Finished units are kept as part files (``.<name>.parts/``) until their shard
 is assembled; the manifest is written first (``complete: false``) and updated after each file. A
 rerun of the same command skips part files whose embedded metadata and episode count check out
 and final files whose sha256 matches the manifest, and regenerates anything else. A lock file
-serialises concurrent generations of the same dataset in the same directory.
+``OUT/.<name>.lock`` serialises concurrent generations of the same dataset in the same directory;
+the generation that holds it removes it when it ends.
 
 Speed (the 2-core dev VM, one worker = one core, 1001-step play episodes; the VM was shared with
 other jobs, so CPU time is the reliable number). End to end,
-``python -m utils.generate --env-id cube-single-play --episodes 20 --seed 0 --workers 1 --out /tmp/g``
+``python -m datagen --env-id cube-single-play --episodes 20 --seed 0 --workers 1 --out /tmp/g``
 wrote 22 episodes (22,022 rows) in 53 s wall / 50.6 s CPU: ~420-435 transitions/s per core,
 env builds, compression and file writes included. Collection alone (``collect_unit``, CPU time):
 cube-single ~540, cube-double ~480, cube-triple ~450, cube-quadruple ~400, scene ~420,
@@ -60,124 +47,37 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import contextlib
+import fcntl
 import glob
 import hashlib
 import json
 import multiprocessing as mp
 import os
 import queue as queue_mod
-import re
 import shutil
 import sys
 import warnings
 import zipfile
+from collections.abc import Iterator
 
 import numpy as np
 
+from datagen.recipe import (
+    DATASET_TYPES,
+    MAX_EPISODE_STEPS,
+    collect_unit,
+    dataset_name,
+    parse_env_id,
+    recipe,
+    unit_seeds,
+    versions,
+)
 from utils.errors import UserError
 from utils.files import atomic_write, write_json
 
-MANIP_DOMAINS = ("cube-single", "cube-double", "cube-triple", "cube-quadruple", "scene", "puzzle-3x3", "puzzle-4x4")
-LOCO_PREFIXES = ("antmaze", "humanoidmaze", "pointmaze", "antsoccer")
-DATASET_TYPES = ("play", "noisy")
-MAX_EPISODE_STEPS = 1001  # rows per episode, as in the official datasets
 BLOCK_EPISODES = 10  # episodes per unit of work (fixed: part of the seeding scheme)
 MAX_SHARDS = 1000  # shard names use 3 digits
 FORMAT_VERSION = 1
-
-# Official recipe constants (data_gen_scripts/generate_manipspace.py + commands.sh).
-PLAN_NOISE = 0.1
-PLAN_NOISE_SMOOTHING = 0.5
-MARKOV_MIN_NORM = 0.4
-MARKOV_MAX_XI = 0.1
-SPLIT_CODES = {"train": 0, "val": 1}
-
-
-# ------------------------------------------------------------------------------------ names
-def parse_env_id(env_id: str, dataset_type: str | None = None) -> tuple[str, str]:
-    """``cube-double``, ``cube-double-noisy``, ``cube-double-play-singletask-task2-v0``... -> (domain, type)."""
-    s = env_id.strip()
-    s = s.removesuffix(".npz")
-    s = re.sub(r"-v\d+$", "", s)
-    s = re.sub(r"-singletask(-task\d+)?", "", s)
-    s = re.sub(r"-oraclerep$", "", s)
-    if s.startswith("visual-"):
-        raise UserError(f"'{env_id}': visual (pixel) datasets need rendering and are not generated here")
-    first = s.split("-")[0]
-    if first in LOCO_PREFIXES:
-        raise UserError(
-            f"'{env_id}' is a locomotion domain: its data needs trained expert policies that are not in the "
-            "ogbench package; use the official OGBench files"
-        )
-    domain = next((d for d in sorted(MANIP_DOMAINS, key=len, reverse=True) if s == d or s.startswith(d + "-")), None)
-    if domain is None:
-        raise UserError(f"unknown env '{env_id}': this generator supports {', '.join(MANIP_DOMAINS)}")
-    rest = s[len(domain) + 1 :]
-    if rest and rest not in DATASET_TYPES:
-        raise UserError(f"'{env_id}': unknown dataset type '{rest}' (expected one of {', '.join(DATASET_TYPES)})")
-    if dataset_type is not None and dataset_type not in DATASET_TYPES:
-        raise UserError(f"unknown dataset type '{dataset_type}' (expected one of {', '.join(DATASET_TYPES)})")
-    if rest and dataset_type is not None and rest != dataset_type:
-        raise UserError(f"'{env_id}' names type '{rest}' but --type is '{dataset_type}'")
-    return domain, rest or dataset_type or "play"
-
-
-def dataset_name(domain: str, dataset_type: str) -> str:
-    return f"{domain}-{dataset_type}-v0"
-
-
-def p_random_action(domain: str, dataset_type: str) -> float:
-    if dataset_type != "noisy":
-        return 0.0
-    return 0.2 if domain.startswith("puzzle") else 0.1
-
-
-def recipe(domain: str, dataset_type: str) -> dict:
-    """The recipe constants recorded in the manifest."""
-    r = {
-        "gym_env_id": f"{domain}-v0",
-        "env_kwargs": {"terminate_at_goal": False, "mode": "data_collection", "max_episode_steps": MAX_EPISODE_STEPS},
-        "oracle": "plan" if dataset_type == "play" else "markov",
-        "p_random_action": p_random_action(domain, dataset_type),
-        "p_stack": {
-            "cube-single": "0",
-            "cube-double": "U(0,0.25)",
-            "cube-triple": "U(0.05,0.35)",
-            "cube-quadruple": "U(0.1,0.5)",
-        }.get(domain, "0.5"),
-        "scene_health_check": domain == "scene",
-    }
-    if dataset_type == "play":
-        r.update(noise=PLAN_NOISE, noise_smoothing=PLAN_NOISE_SMOOTHING)
-    else:
-        r.update(min_norm=MARKOV_MIN_NORM, xi="U(0,0.1)", action_noise_std="[xi,xi,xi,3xi,10xi]")
-    return r
-
-
-def versions() -> dict:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import gymnasium
-        import mujoco
-        import ogbench
-
-    return {
-        "ogbench": getattr(ogbench, "__version__", None) or _dist_version("ogbench"),
-        "mujoco": mujoco.__version__,
-        "numpy": np.__version__,
-        "gymnasium": gymnasium.__version__,
-        "python": sys.version.split()[0],
-    }
-
-
-def _dist_version(name: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
 
 # ------------------------------------------------------------------------------- file I/O
 def write_npz_atomic(path: str, arrays: dict[str, np.ndarray]) -> None:
@@ -206,17 +106,6 @@ def sha256_file(path: str) -> str:
 def _split_counts(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
-
-def _unit_seeds(seed: int, split: str, shard: int, block: int) -> dict:
-    key = (SPLIT_CODES[split], shard, block)
-    sub = [np.random.SeedSequence(seed, spawn_key=key + (k,)) for k in range(4)]
-    return {
-        "seed_sequence": {"entropy": seed, "spawn_key": list(key)},
-        "numpy_global": [int(x) for x in sub[0].generate_state(4)],  # np.random.seed (package oracles)
-        "env_reset": int(sub[1].generate_state(1, np.uint64)[0]),  # env.reset(seed=...) of the first episode
-        # sub[2] is unused (kept so the other streams stay put); sub[3] seeds a np.random.Generator for
-        # the stacking probability, xi, the random-action coin, random actions and the action noise.
-    }
 
 
 def _plan(domain: str, dataset_type: str, episodes: int, seed: int, shards: int, out_dir: str) -> dict:
@@ -252,7 +141,7 @@ def _plan(domain: str, dataset_type: str, episodes: int, seed: int, shards: int,
                     "episodes": [start, start + m],
                     "num_episodes": m,
                     "part": os.path.join(parts_dir, f"{tag}.npz"),
-                    **_unit_seeds(seed, split, shard, b),
+                    **unit_seeds(seed, split, shard, b),
                 }
             )
             start += m
@@ -268,149 +157,6 @@ def _plan(domain: str, dataset_type: str, episodes: int, seed: int, shards: int,
         "files": files,
     }
 
-
-# ---------------------------------------------------------------------------- collection
-def _make_oracles(env, domain: str, dataset_type: str) -> dict:
-    if dataset_type == "play":
-        from ogbench.manipspace.oracles.plan.button_plan import ButtonPlanOracle
-        from ogbench.manipspace.oracles.plan.cube_plan import CubePlanOracle
-        from ogbench.manipspace.oracles.plan.drawer_plan import DrawerPlanOracle
-        from ogbench.manipspace.oracles.plan.window_plan import WindowPlanOracle
-
-        kw = {"env": env, "noise": PLAN_NOISE, "noise_smoothing": PLAN_NOISE_SMOOTHING}
-        if domain.startswith("cube"):
-            return {"cube": CubePlanOracle(**kw)}
-        if domain == "scene":
-            return {
-                "cube": CubePlanOracle(**kw),
-                "button": ButtonPlanOracle(**kw),
-                "drawer": DrawerPlanOracle(**kw),
-                "window": WindowPlanOracle(**kw),
-            }
-        return {"button": ButtonPlanOracle(gripper_always_closed=True, **kw)}
-
-    from ogbench.manipspace.oracles.markov.button_markov import ButtonMarkovOracle
-    from ogbench.manipspace.oracles.markov.cube_markov import CubeMarkovOracle
-    from ogbench.manipspace.oracles.markov.drawer_markov import DrawerMarkovOracle
-    from ogbench.manipspace.oracles.markov.window_markov import WindowMarkovOracle
-
-    kw = {"env": env, "min_norm": MARKOV_MIN_NORM}
-    if domain.startswith("cube"):
-        return {"cube": CubeMarkovOracle(**kw)}
-    if domain == "scene":
-        return {
-            "cube": CubeMarkovOracle(max_step=100, **kw),
-            "button": ButtonMarkovOracle(**kw),
-            "drawer": DrawerMarkovOracle(**kw),
-            "window": WindowMarkovOracle(**kw),
-        }
-    return {"button": ButtonMarkovOracle(gripper_always_closed=True, **kw)}
-
-
-def _draw_p_stack(domain: str, rng: np.random.Generator) -> float:
-    if domain == "cube-single":
-        return 0.0
-    if domain == "cube-double":
-        return float(rng.uniform(0.0, 0.25))
-    if domain == "cube-triple":
-        return float(rng.uniform(0.05, 0.35))
-    if domain == "cube-quadruple":
-        return float(rng.uniform(0.1, 0.5))
-    return 0.5
-
-
-def _scene_healthy(qpos: np.ndarray) -> bool:
-    """The official check: the cube stays visible (not too far right; far left only inside the drawer)."""
-    xyz = qpos[:, 14:17]
-    if (xyz[:, 1] >= 0.29).any():
-        return False
-    return not ((xyz[:, 1] <= -0.3) & ((xyz[:, 2] < 0.06) | (xyz[:, 2] > 0.08))).any()
-
-
-def collect_unit(
-    domain: str,
-    dataset_type: str,
-    num_episodes: int,
-    seeds: dict,
-    max_episode_steps: int = MAX_EPISODE_STEPS,
-    report=None,
-) -> tuple[dict[str, np.ndarray], int]:
-    """Collect ``num_episodes`` episodes with the unit's seeds; returns (arrays, #rejected scene episodes).
-
-    Reseeds the global ``np.random`` (the package oracles draw from it); callers in the main
-    process must save and restore its state. ``report(rows)`` is called after each episode.
-    """
-    with warnings.catch_warnings():  # headless GLFW import notice, gymnasium's float32 Box notices
-        warnings.simplefilter("ignore")
-        return _collect_unit(domain, dataset_type, num_episodes, seeds, max_episode_steps, report)
-
-
-def _collect_unit(domain, dataset_type, num_episodes, seeds, max_episode_steps, report):
-    import gymnasium
-    import ogbench  # noqa: F401  (registers the envs)
-
-    env = gymnasium.make(
-        f"{domain}-v0", terminate_at_goal=False, mode="data_collection", max_episode_steps=max_episode_steps
-    )
-    np.random.seed(np.array(seeds["numpy_global"], dtype=np.uint32))
-    sub3 = np.random.SeedSequence(
-        seeds["seed_sequence"]["entropy"], spawn_key=tuple(seeds["seed_sequence"]["spawn_key"]) + (3,)
-    )
-    rng = np.random.default_rng(sub3)
-    oracles = _make_oracles(env, domain, dataset_type)
-    p_random = p_random_action(domain, dataset_type)
-    has_buttons = domain == "scene" or domain.startswith("puzzle")
-    keys = ["observations", "actions", "terminals", "qpos", "qvel"] + (["button_states"] if has_buttons else [])
-    out = {k: [] for k in keys}
-    reset_seed = seeds["env_reset"]
-    rejected = 0
-    try:
-        for _ in range(num_episodes):
-            while True:
-                ob, info = env.reset(seed=reset_seed)
-                reset_seed = None  # later resets continue the env's seeded stream
-                p_stack = _draw_p_stack(domain, rng)
-                xi = float(rng.uniform(0.0, MARKOV_MAX_XI)) if dataset_type == "noisy" else 0.0
-                agent = oracles[info["privileged/target_task"]]
-                agent.reset(ob, info)
-                ep = {k: [] for k in keys}
-                done = False
-                while not done:
-                    if p_random > 0 and rng.random() < p_random:
-                        # What env.action_space.sample() draws (uniform in the [-1, 1]^5 Box, float32). The
-                        # env builds a new, unseeded Box on every `action_space` access, so we draw it here.
-                        action = rng.uniform(-1.0, 1.0, size=5).astype(np.float32)
-                    else:
-                        action = np.array(agent.select_action(ob, info), dtype=np.float64)
-                        if dataset_type == "noisy":
-                            action = action + rng.normal(0.0, [xi, xi, xi, 3 * xi, 10 * xi], action.shape)
-                    action = np.clip(action, -1, 1)
-                    next_ob, _, terminated, truncated, info = env.step(action)
-                    done = terminated or truncated
-                    if agent.done:
-                        agent_ob, agent_info = env.unwrapped.set_new_target(p_stack=p_stack)
-                        agent = oracles[agent_info["privileged/target_task"]]
-                        agent.reset(agent_ob, agent_info)
-                    ep["observations"].append(ob)
-                    ep["actions"].append(action)
-                    ep["terminals"].append(done)
-                    ep["qpos"].append(info["prev_qpos"])
-                    ep["qvel"].append(info["prev_qvel"])
-                    if has_buttons:
-                        ep["button_states"].append(info["prev_button_states"])
-                    ob = next_ob
-                if domain == "scene" and not _scene_healthy(np.asarray(ep["qpos"])):
-                    rejected += 1
-                    continue
-                break
-            for k in keys:
-                out[k].extend(ep[k])
-            if report is not None:
-                report(len(ep["terminals"]))
-    finally:
-        env.close()
-    dtypes = {"terminals": bool, "button_states": np.int64}
-    return {k: np.asarray(v, dtype=dtypes.get(k, np.float32)) for k, v in out.items()}, rejected
 
 
 def _unit_meta(config: dict, vers: dict, split: str, shard: int, unit: dict) -> str:
@@ -531,6 +277,41 @@ def _relpath(path: str, root: str) -> str:
     return os.path.relpath(path, root)
 
 
+@contextlib.contextmanager
+def exclusive_lock(path: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``path`` (created if missing) and remove it on exit.
+
+    The file is removed while the lock is still held. A waiter may have opened the file before
+    that and then be granted the lock on the removed file, so after every grant we check that
+    ``path`` still names the file we locked, and start again if not: at most one holder at a time
+    whatever the interleaving. A killed holder leaves the (empty) file; the kernel drops its lock.
+    """
+    while True:
+        try:
+            f = open(path, "a")  # noqa: SIM115 - held until the end of the with-block
+        except OSError as e:
+            raise UserError(f"cannot write to output directory {os.path.dirname(path)}: {e.strerror}") from None
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            held = os.fstat(f.fileno())
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                now = None
+        except BaseException:
+            f.close()
+            raise
+        if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            break
+        f.close()  # the previous holder removed the file we waited on
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        f.close()  # releases the lock
+
+
 def generate_dataset(
     env_id: str,
     episodes: int,
@@ -580,15 +361,7 @@ def generate_dataset(
         os.makedirs(plan["root"], exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create output directory {plan['root']}: {e.strerror}") from None
-    lock_path = os.path.join(out_dir, f".{plan['name']}.lock")
-    try:
-        lock_file = open(lock_path, "a")  # noqa: SIM115 - held for the whole generation
-    except OSError as e:
-        raise UserError(f"cannot write to output directory {out_dir}: {e.strerror}") from None
-    with lock_file:  # closing the file releases the lock, also when we are killed
-        import fcntl
-
-        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+    with exclusive_lock(os.path.join(out_dir, f".{plan['name']}.lock")):
         return _generate_locked(plan, config, workers, progress, overwrite)
 
 
@@ -631,7 +404,7 @@ def _generate_locked(plan: dict, config: dict, workers: int, progress: bool, ove
             return plan["result"]
 
     manifest = {
-        "generator": "utils.generate",
+        "generator": "datagen",
         "format_version": FORMAT_VERSION,
         "name": name,
         "layout": "sharded" if config["shards"] > 0 else "single",
@@ -648,7 +421,7 @@ def _generate_locked(plan: dict, config: dict, workers: int, progress: bool, ove
             "out": plan["out_dir"],
         },
         "command": (
-            f"python -m utils.generate --env-id {config['domain']}-{config['dataset_type']} "
+            f"python -m datagen --env-id {config['domain']}-{config['dataset_type']} "
             f"--episodes {config['episodes']} --seed {config['seed']} --workers {workers}"
             + (f" --shards {config['shards']}" if config["shards"] else "")
             + f" --out {plan['out_dir']}"
@@ -825,7 +598,7 @@ def _config_diff(old: dict | None, new: dict) -> str:
 # ----------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m utils.generate",
+        prog="python -m datagen",
         description=(
             "Generate an OGBench manipulation dataset (cube-*, scene, puzzle-3x3/4x4) with the official "
             "scripted-oracle recipe, seeded and reproducible per unit of work. Episodes are 1001 rows. "

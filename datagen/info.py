@@ -1,7 +1,7 @@
 """Inspect an OGBench dataset file or shard directory; ``open_npz`` validates one ``.npz`` file.
 
-    python -m utils.info DATA/cube-double-play-v0.npz
-    python -m utils.info DATA/cube-quadruple-play-100m-v0/ --env-id cube-quadruple-play-singletask-task1-v0
+    python -m datagen.info DATA/cube-double-play-v0.npz
+    python -m datagen.info DATA/cube-quadruple-play-100m-v0/ --env-id cube-quadruple-play-singletask-task1-v0
 
 Prints transitions, episodes, observation/action dims, every key with its shape and dtype and,
 when the env can be inferred from the file name (``<domain>-<type>[-<size>]-v0...``) or is given
@@ -140,7 +140,7 @@ def _task_envs(domain: str, dataset_type: str) -> list[tuple[int, str, object]]:
 
 
 def summarize(path: str, env_id: str | None = None, tasks: bool = True) -> dict:
-    """Everything ``python -m utils.info`` prints, as a dict (reads shards one at a time)."""
+    """Everything ``python -m datagen.info`` prints, as a dict (reads shards one at a time)."""
     train, val = dataset_files(path)
     env = infer_env(path, env_id)
     task_envs = []
@@ -207,7 +207,7 @@ def summarize(path: str, env_id: str | None = None, tasks: bool = True) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m utils.info", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m datagen.info", description=__doc__.split("\n\n")[0])
     p.add_argument("path", help="an OGBench .npz file or a directory of shards")
     p.add_argument("--env-id", default=None, help="e.g. cube-double-play-singletask-task1-v0 (default: from the name)")
     p.add_argument("--no-tasks", action="store_true", help="skip the per-task success frequencies")
