@@ -22,11 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from datagen.recipe import MANIP_DOMAINS  # the domains with scripted oracles (one definition)
 from utils.errors import UserError
 
 DATA_DIR_ENV_VAR = "OGBENCH_DATA_DIR"
 TYPES = ("play", "noisy", "navigate", "stitch", "explore")
-MANIP_DOMAINS = ("cube-single", "cube-double", "cube-triple", "cube-quadruple", "scene", "puzzle-3x3", "puzzle-4x4")
 KEYS = ("observations", "actions", "next_observations", "rewards", "masks", "terminals")
 ACTION_CLIP = 1.0 - 1e-5  # dataset actions are clipped to +-(1 - 1e-5) on load, as the authors' loader does
 
