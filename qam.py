@@ -337,7 +337,8 @@ def act(args: Args, nets: Networks, state: TrainState, obs: jax.Array, key: jax.
 def main(args: Args) -> list[dict]:
     """The pipeline: data -> BC flow (2) or a loaded one -> offline QAM -> online QAM -> summary."""
     args = resolve_args(args)
-    run = Runner(args, "qam")
+    run = Runner(args, "qam")  # data, run directories, resume point; fills the data-dependent defaults
+    args = run.args
     nets = make_networks(args, run.chunk_dim)
     flow = run.bc_stage(partial(bc_init, args, nets, run.obs_dim), partial(bc_update, args, nets), partial(flow_act, args, nets))
     step, actor = partial(update, args, nets), partial(act, args, nets)

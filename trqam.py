@@ -375,7 +375,8 @@ def dual_state(args: Args, state: TrainState) -> dict:
 def main(args: Args) -> list[dict]:
     """The pipeline: data -> BC flow (2) or a loaded one -> offline TRQAM -> online TRQAM -> summary."""
     args = resolve_args(args)
-    run = Runner(args, "trqam")
+    run = Runner(args, "trqam")  # data, run directories, resume point; fills the data-dependent defaults
+    args = run.args
     nets = make_networks(args, run.chunk_dim)
     flow = run.bc_stage(partial(bc_init, args, nets, run.obs_dim), partial(bc_update, args, nets), partial(flow_act, args, nets))
     step, actor, trust_region = partial(update, args, nets), partial(act, args, nets), partial(dual_state, args)

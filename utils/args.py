@@ -112,20 +112,21 @@ def preset(table: dict[str, float], domain: str, default: float) -> float:
 
 
 def fill_defaults(args: A, **method_defaults: Any) -> A:
-    """Per-domain defaults for every flag left at None, explicit flags win. H, gamma, rho by domain
-    (navigation H = 1; humanoidmaze gamma 0.999, rho 0); network width and actor LayerNorm by the size
-    of the dataset that will be loaded; ``method_defaults`` are the algorithm's own presets."""
+    """Per-domain defaults for the flags left at None, explicit flags win: H, gamma, rho by domain (navigation
+    H = 1; humanoidmaze gamma 0.999, rho 0) and the algorithm's own presets ``method_defaults``. The network
+    defaults depend on the data and are filled by ``network_defaults`` once the dataset is found."""
     domain = domain_of(args)
     datalib.check_env(datalib.full_env_name(args.env_id, args.task_id))
     nav, humanoid = "maze" in domain, domain.startswith("humanoidmaze")
-    fill: dict[str, Any] = dict(horizon=1 if nav else 5, discount=0.999 if humanoid else 0.995, rho=0.0 if humanoid else 0.5,
-                                **method_defaults)
-    if None in (args.actor_hidden_dims, args.value_hidden_dims, args.actor_layer_norm):
-        env_name = datalib.full_env_name(args.env_id, args.task_id)
-        path = datalib.resolve_dataset_path(env_name, args.dataset_path, args.generate_missing)
-        large = datalib.count_transitions(path) > LARGE_DATASET
-        width = 1024 if large else 512
-        fill.update(actor_hidden_dims=(width,) * 4, value_hidden_dims=(width,) * 4, actor_layer_norm=large, dataset_path=path)
+    fill = dict(horizon=1 if nav else 5, discount=0.999 if humanoid else 0.995, rho=0.0 if humanoid else 0.5, **method_defaults)
+    return dataclasses.replace(args, **{k: v for k, v in fill.items() if getattr(args, k) is None})
+
+
+def network_defaults(args: A, transitions: int) -> A:
+    """4x512 networks, or 4x1024 with actor LayerNorm for a dataset of more than 2M transitions (the paper's
+    10M/100M datasets), for the network flags left at None."""
+    large = transitions > LARGE_DATASET
+    fill = dict(actor_hidden_dims=(1024 if large else 512,) * 4, value_hidden_dims=(1024 if large else 512,) * 4, actor_layer_norm=large)
     return dataclasses.replace(args, **{k: v for k, v in fill.items() if getattr(args, k) is None})
 
 

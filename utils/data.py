@@ -167,11 +167,13 @@ class DeviceDataset:
         self.obs_dim, self.act_dim = self._env.observation_space.shape[0], self._env.action_space.shape[0]
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="shard-loader")
         self._shards: dict[int, Future] = {}
-        self.capacity = max(count_transitions(f) for f in self.files) if len(self.files) > 1 else 0
+        counts = [count_transitions(f) for f in self.files] if len(self.files) > 1 else []
+        self.capacity = max(counts, default=0)
         if len(self.files) == 1:  # a file is loaded now (errors surface at once), whole and unpadded
             first = self._load(0)
-            self.capacity = first[1]
+            self.capacity, counts = first[1], [first[1]]
             self._shards[0] = _done(first)
+        self.transitions = sum(counts)  # of the whole dataset, all shards
 
     def shard_at(self, step: int) -> int:
         slot = step // self.interval

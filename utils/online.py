@@ -14,6 +14,8 @@ the physical state saved beside it checks that, and is set directly if replay di
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import gymnasium
 import jax
 import jax.numpy as jnp
@@ -40,14 +42,20 @@ def transition(obs, action, next_obs, reward: float, terminated: bool, truncated
     }
 
 
-def sample(data: dict, n: jax.Array, rows: dict, filled: jax.Array, key: jax.Array, batch_size: int, horizon: int,
-           discount: float, balanced: bool) -> dict[str, jax.Array]:
-    """A chunk batch (METHOD 3) from dataset rows [0, n) then online rows [n, n + filled) of one seed: uniform,
-    or ``balanced`` = the first half from the dataset and the rest from the online rows (needs filled >= H)."""
+def buffer_rows(data: dict, n: jax.Array, rows: dict) -> Callable[[str, jax.Array], jax.Array]:
+    """rows(key, i) of the replay buffer of one seed: dataset row i < n, else online row i - n."""
 
     def get(k: str, i: jax.Array) -> jax.Array:
         off, on = data[k][jnp.minimum(i, data[k].shape[0] - 1)], rows[k][jnp.clip(i - n, 0, rows[k].shape[0] - 1)]
         return jnp.where((i < n).reshape(i.shape + (1,) * (off.ndim - i.ndim)), off, on)
+
+    return get
+
+
+def sample(data: dict, n: jax.Array, rows: dict, filled: jax.Array, key: jax.Array, batch_size: int, horizon: int,
+           discount: float, balanced: bool) -> dict[str, jax.Array]:
+    """A chunk batch (METHOD 3) from dataset rows [0, n) then online rows [n, n + filled) of one seed: uniform,
+    or ``balanced`` = the first half from the dataset and the rest from the online rows (needs filled >= H)."""
 
     if not balanced:
         idx = jax.random.randint(key, (batch_size,), 0, n + filled - horizon + 1)
@@ -55,7 +63,7 @@ def sample(data: dict, n: jax.Array, rows: dict, filled: jax.Array, key: jax.Arr
         k_off, k_on = jax.random.split(key)
         idx = jnp.concatenate([jax.random.randint(k_off, (batch_size - batch_size // 2,), 0, n - horizon + 1),
                                jax.random.randint(k_on, (batch_size // 2,), n, n + filled - horizon + 1)])
-    return chunk_at(get, idx, horizon, discount)
+    return chunk_at(buffer_rows(data, n, rows), idx, horizon, discount)
 
 
 # ----------------------------------------------------------------------- resumable env state

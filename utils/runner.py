@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from utils import checkpoint, online
-from utils.args import RunArgs
+from utils.args import RunArgs, network_defaults
 from utils.data import DeviceDataset, full_env_name, make_env, resolve_dataset_path, sample_chunks
 from utils.errors import UserError
 from utils.evaluate import Evaluator
@@ -57,6 +57,7 @@ class Runner:
                          else os.path.join("runs", f"{a.env_id}__{a.exp_name}__{s}") for s in self.seeds]
         self.dataset_path = resolve_dataset_path(self.env_name, a.dataset_path, a.generate_missing)
         self.data = DeviceDataset(self.env_name, self.dataset_path, a.sparse, a.shard_interval, a.shard_order)
+        self.args = a = network_defaults(a, self.data.transitions)  # the final arguments: use run.args from here on
         if self.data.capacity < a.horizon:
             raise UserError(f"{self.dataset_path} has fewer transitions than one action chunk")
         self.obs_dim, self.act_dim = self.data.obs_dim, self.data.act_dim
