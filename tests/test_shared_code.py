@@ -1,0 +1,53 @@
+"""What two algorithm files share, they share exactly (CleanRL repeats method code across files on purpose).
+
+Every top-level function or class defined in two or more algorithm files must have the same source text
+in all of them, unless its name is one each method defines for itself (below). So a fix to, say, the
+lean adjoint in trqam.py cannot silently miss qam.py or a baseline.
+"""
+
+from __future__ import annotations
+
+import ast
+import glob
+import os
+from collections import defaultdict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FILES = ["trqam.py", "qam.py", *sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "baselines", "*.py")))]
+# names every method defines its own way: its arguments, presets, state, networks, losses, update, actor, pipeline
+PER_METHOD = {"Args", "resolve_args", "main", "TrainState", "init_state", "update", "act", "Networks", "make_networks",
+              "optimizer", "loss", "trqam_loss", "qam_loss", "summary", "dual_state"}
+# what trqam.py and qam.py must share at least (so this test cannot pass by sharing nothing)
+CORE = {"MLP", "VelocityField", "CriticEnsemble", "sample_flow", "bc_flow_loss", "sde_schedule", "memoryless_rollout",
+        "terminal_adjoint", "lean_adjoint", "adjoint_matching_loss", "path_kl", "polyak", "BCState", "bc_init", "bc_update", "flow_act"}
+
+
+def definitions(path: str) -> dict[str, str]:
+    src = open(os.path.join(ROOT, path)).read()
+    tree = ast.parse(src)
+    return {n.name: ast.get_source_segment(src, n) for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+
+
+def test_shared_definitions_are_identical():
+    defs = {f: definitions(f) for f in FILES}
+    where = defaultdict(list)
+    for f, d in defs.items():
+        for name in d:
+            where[name].append(f)
+    assert CORE <= set(defs["trqam.py"]) & set(defs["qam.py"]), CORE - (set(defs["trqam.py"]) & set(defs["qam.py"]))
+    differing = {}
+    for name, files in where.items():
+        if len(files) > 1 and name not in PER_METHOD:
+            sources = {defs[f][name] for f in files}
+            if len(sources) > 1:
+                differing[name] = files
+    assert not differing, f"shared definitions differ between files: {differing}"
+
+
+def test_no_algorithm_file_imports_another():
+    for f in FILES:
+        tree = ast.parse(open(os.path.join(ROOT, f)).read())
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        others = {os.path.splitext(os.path.basename(g))[0] for g in FILES} | {"baselines"}
+        assert not imported & others, f"{f} imports {imported & others}"
