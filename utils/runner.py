@@ -47,6 +47,24 @@ def unstack(tree: Tree, n: int) -> list[Tree]:
     return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(n)]
 
 
+def make_block(update: Callable, n: int, batch_size: int, horizon: int, discount: float) -> Callable:
+    """``n`` updates of every seed in one jitted dispatch (lax.scan), chunk batches (3) sampled on the device:
+    ``block((states, keys), data, size) -> ((states, keys), metrics averaged over the n updates)``."""
+
+    def block(carry, data, size):
+        def body(c, _):
+            states, keys = c
+            ks = jax.vmap(jax.random.split)(keys)
+            batch = jax.vmap(lambda k: sample_chunks(data, k, batch_size, horizon, discount, size))(ks[:, 0])
+            states, m = jax.vmap(update)(states, batch)
+            return (states, ks[:, 1]), m
+
+        carry, ms = jax.lax.scan(body, carry, None, length=n)
+        return carry, jax.tree.map(lambda x: x.mean(0), ms)
+
+    return jax.jit(block, donate_argnums=0)
+
+
 class Runner:
     def __init__(self, args: RunArgs, algorithm: str):
         self.args, self.algorithm, a = args, algorithm, args
@@ -207,22 +225,8 @@ class Runner:
         return state
 
     def _block(self, update: Callable, n: int) -> Callable:
-        """``n`` updates of every seed in one dispatch (lax.scan), batches sampled on the device."""
         if (update, n) not in self._jitted:
-            a = self.args
-
-            def block(carry, data, size):
-                def body(c, _):
-                    states, keys = c
-                    ks = jax.vmap(jax.random.split)(keys)
-                    batch = jax.vmap(lambda k: sample_chunks(data, k, a.batch_size, a.horizon, a.discount, size))(ks[:, 0])
-                    states, m = jax.vmap(update)(states, batch)
-                    return (states, ks[:, 1]), m
-
-                carry, ms = jax.lax.scan(body, carry, None, length=n)
-                return carry, jax.tree.map(lambda x: x.mean(0), ms)
-
-            self._jitted[update, n] = jax.jit(block, donate_argnums=0)
+            self._jitted[update, n] = make_block(update, n, self.args.batch_size, self.args.horizon, self.args.discount)
         return self._jitted[update, n]
 
     def _check_finite(self, metrics: dict, phase: str, step: int) -> None:
