@@ -444,7 +444,9 @@ def main(args: Args) -> list[dict]:
     step, actor = partial(update, args, nets), partial(act, args, nets)
     state = run.offline(partial(init_state, args, nets, run.obs_dim), flow, step, actor)
     state = run.online(state, step, actor)
-    return run.finish(state, lambda s: {"inv_temp": jnp.float32(args.inv_temp), "edit_scale": jnp.float32(args.edit_scale)})
+    extra = lambda s: {"inv_temp": jnp.float32(args.inv_temp), "edit_scale": jnp.float32(args.edit_scale),  # noqa: E731
+                       "edit_alpha": nets.alpha.apply({"params": s.params["edit_alpha"]})}
+    return run.finish(state, extra)
 
 
 if __name__ == "__main__":

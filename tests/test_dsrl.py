@@ -56,8 +56,8 @@ def setup():
     """A state whose online and target critic / flow differ, and whose alpha is not 1 (so mixing them up shows)."""
     args, nets = tiny()
     state = initializer(args, nets)(flow_params(nets, 1))
-    params = {**state.params, "critic": perturbed(state.params["critic"], 0.3, 2), "flow": perturbed(state.params["flow"], 0.3, 3),
-              "alpha": {"log_value": jnp.float32(0.7)}}
+    moved = perturbed({k: state.params[k] for k in ("critic", "flow")}, 0.3, 2)
+    params = {**state.params, **moved, "alpha": {"log_value": jnp.float32(0.7)}}
     return args, nets, state._replace(params=params)
 
 
