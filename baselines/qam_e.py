@@ -360,7 +360,7 @@ def loss(params: dict, state: TrainState, batch: dict, key: jax.Array, args: Arg
     sg = jax.lax.stop_gradient
     K, d, H = args.flow_steps, nets.actor.action_dim, args.horizon
     obs, B = batch["observations"], batch["observations"].shape[0]
-    # split is fold-like, so the first four keys are the ones qam.py draws from the same key
+    # split is fold-like (JAX default): the first four keys are the ones qam.py draws from the same key
     k_next, k_bc, k_x0, k_eps, k_edit = jax.random.split(key, 5)
     v = lambda p: lambda o, x, t: nets.actor.apply({"params": p}, o, x, t)  # noqa: E731
     q = lambda p: lambda o, a: nets.critic.apply({"params": p}, o, a)  # noqa: E731
