@@ -111,7 +111,7 @@ class CriticEnsemble(nn.Module):
 
 
 class OneStepPolicy(nn.Module):
-    """mu(s, z): a one-step policy, the flow's MLP over [s, z] without a time input; linear output in R^d."""
+    """mu(s, z): a noise-to-chunk map over [s, z], the flow's MLP without the time input (FQL, QAM-F)."""
 
     hidden_dims: tuple[int, ...]
     action_dim: int
@@ -125,7 +125,7 @@ class OneStepPolicy(nn.Module):
 class Networks(NamedTuple):
     actor: VelocityField  # one definition for the base, its target and the fine-tuned policy
     critic: CriticEnsemble
-    one_step: OneStepPolicy  # used only when alpha_F > 0
+    onestep: OneStepPolicy  # mu, used only when alpha_F > 0
 
 
 def make_networks(args: Args, chunk_dim: int) -> Networks:
@@ -239,13 +239,22 @@ def path_kl(dv: jax.Array, g2: jax.Array, h: float, horizon: int) -> jax.Array:
     return jnp.sum((2.0 * h / g2)[:, None, None] * dv**2) / dv.shape[1] / horizon
 
 
-def one_step_policy_loss(mu: Callable, q: Callable, v_target: VelocityFn, obs: jax.Array, z: jax.Array, alpha,
-                         flow_steps: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """L_F, docs/BASELINES.md section 8: alpha mean_{b,j} (mu(s, z) - sg[ODE_v(s, z)])_j^2 - mean_b mean_i Q_i(s, clip(mu(s, z))),
-    the target integrated by (1) from the same z; the Q term is not normalised. Returns (L_F, distillation, Q term)."""
-    a = mu(obs, z)
-    distill = jnp.mean((a - jax.lax.stop_gradient(sample_flow(v_target, obs, z, flow_steps))) ** 2)
-    q_term = -jnp.mean(q(obs, jnp.clip(a, -1.0, 1.0)))
+def onestep_chunk(mu: Callable[[jax.Array, jax.Array], jax.Array], obs: jax.Array, z: jax.Array) -> jax.Array:
+    """The one-step policy's chunk clip(mu(s, z), -1, 1): FQL's action and next action (BASELINES 2)."""
+    return jnp.clip(mu(obs, z), -1.0, 1.0)
+
+
+def distill_q_loss(mu: Callable[[jax.Array, jax.Array], jax.Array], v: VelocityFn, q: Callable[[jax.Array, jax.Array], jax.Array],
+                   obs: jax.Array, z: jax.Array, alpha, flow_steps: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """BASELINES 2: alpha mean_{b,j} (mu(s, z) - sg[ODE_v(s, z)])_j^2 - mean_b mean_i Q_i(s, clip(mu(s, z))).
+
+    The target is the flow's own sample (1) from the same z, a constant; mu is clipped in the Q term
+    only; the Q term is not normalised. ``q`` returns (N, B); the caller holds its parameters constant.
+    Returns (the sum, the distillation term without alpha, the Q term)."""
+    target = jax.lax.stop_gradient(sample_flow(v, obs, z, flow_steps))
+    actions = mu(obs, z)
+    distill = jnp.mean((actions - target) ** 2)
+    q_term = -jnp.mean(q(obs, jnp.clip(actions, -1.0, 1.0)))
     return alpha * distill + q_term, distill, q_term
 
 
@@ -288,7 +297,7 @@ def flow_act(args: RunArgs, nets: Any, flow: Any, obs: jax.Array, key: jax.Array
 
 # ============================================================================== QAM-F update
 class TrainState(NamedTuple):
-    params: dict  # {"critic", "base", "policy"} and "one_step" (mu) when alpha_F > 0: trained by one Adam
+    params: dict  # {"critic", "base", "policy"} and "onestep" (mu) when alpha_F > 0: trained by one Adam
     target: dict  # {"critic", "base"}: Polyak copies; target["base"] is v_base
     opt_state: Any
     rng: jax.Array
@@ -305,14 +314,14 @@ def init_state(args: Args, nets: Networks, obs_dim: int, key: jax.Array, flow: d
     params = {"critic": critic, "base": flow, "policy": flow}
     if args.fql_alpha > 0:
         zeros = (jnp.zeros((1, obs_dim)), jnp.zeros((1, nets.actor.action_dim)))
-        params["one_step"] = nets.one_step.init(jax.random.fold_in(k_q, 1), *zeros)["params"]
+        params["onestep"] = nets.onestep.init(jax.random.fold_in(k_q, 1), *zeros)["params"]
     return TrainState(params, {"critic": critic, "base": flow}, optimizer(args).init(params), k_rng)
 
 
 def qam_f_policy(args: Args, nets: Networks, params: dict, obs: jax.Array, z: jax.Array) -> jax.Array:
     """QAM-F's actor from noise z: clip(mu(s, z)) when alpha_F > 0, else the fine-tuned flow v_theta by (1) (plain QAM)."""
     if args.fql_alpha > 0:
-        return jnp.clip(nets.one_step.apply({"params": params["one_step"]}, obs, z), -1.0, 1.0)
+        return onestep_chunk(lambda o, z: nets.onestep.apply({"params": params["onestep"]}, o, z), obs, z)
     return sample_flow(lambda o, x, t: nets.actor.apply({"params": params["policy"]}, o, x, t), obs, z, args.flow_steps)
 
 
@@ -364,11 +373,11 @@ def loss(params: dict, state: TrainState, batch: dict, key: jax.Array, args: Arg
 
     # L_F: mu distils the fine-tuned flow v_theta (not v_beta) from the same noise and climbs the online critic (constants)
     if args.fql_alpha > 0:
-        mu = lambda o, z: nets.one_step.apply({"params": params["one_step"]}, o, z)  # noqa: E731
+        mu = lambda o, z: nets.onestep.apply({"params": params["onestep"]}, o, z)  # noqa: E731
         z = jax.random.normal(jax.random.fold_in(key, 1), (B, d))
-        f_loss, distill, q_term = one_step_policy_loss(mu, q(sg(params["critic"])), v(sg(params["policy"])), obs, z, args.fql_alpha, K)
+        f_loss, distill, q_term = distill_q_loss(mu, v(sg(params["policy"])), q(sg(params["critic"])), obs, z, args.fql_alpha, K)
         total = total + f_loss
-        metrics.update(one_step_loss=f_loss, distill_loss=distill, one_step_q_loss=q_term)
+        metrics.update(onestep_loss=f_loss, distill_loss=distill, onestep_q_loss=q_term)
     return total, metrics
 
 
