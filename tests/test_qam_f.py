@@ -136,6 +136,7 @@ def test_presets():
 
 
 def test_script_offline_online(tiny_dataset, tmp_path):
+    """With alpha_F > 0 (the shared tests/test_baselines_end_to_end.py runs the cube-single preset, alpha_F = 0)."""
     rd = str(tmp_path / "run")
     run("baselines/qam_f.py", *TINY, "--dataset-path", tiny_dataset, "--run-dir", rd, "--fql-alpha", "10", "--pretrain-steps", "10",
         "--offline-steps", "20", "--online-steps", "30", "--start-training", "10", "--online-max-episode-steps", "23",
