@@ -154,7 +154,7 @@ def test_init_state_sets_v_beta_from_the_checkpoint_only():
 
 
 def test_one_jitted_update_and_act():
-    args, nets = tiny()
+    args, nets = tiny(learning_rate=0.05)  # large steps: a target that follows the new parameters shows
     state = make_state(args, nets)
     new, m = jax.jit(lambda s, b: fql.update(args, nets, s, b))(state, random_batch(3))
     assert {"critic_loss", "bc_loss", "distill_loss", "q_loss", "loss", "grad_norm"} <= set(m)
@@ -164,6 +164,10 @@ def test_one_jitted_update_and_act():
     trees = (new.target["critic"], state.params["critic"], state.target["critic"])
     for t_new, p_old, t_old in zip(*(jax.tree.leaves(x) for x in trees), strict=True):
         np.testing.assert_allclose(t_new, 0.005 * np.asarray(p_old) + 0.995 * np.asarray(t_old), rtol=1e-5, atol=1e-7)
+    after = (new.target["critic"], new.params["critic"], state.target["critic"])
+    lead = [np.abs(np.asarray(t) - (0.005 * np.asarray(p) + 0.995 * np.asarray(o))).max()
+            for t, p, o in zip(*(jax.tree.leaves(x) for x in after), strict=True)]
+    assert max(lead) > 1e-4  # the target moves towards the parameters before the step (one-step lag), not the new ones
 
     actor = jax.jit(lambda s, o, k: fql.act(args, nets, s, o, k))
     obs = jnp.ones(OBS)
