@@ -46,7 +46,7 @@ INV_TEMP = {"antmaze-large": 10.0, "antmaze-giant": 3.0, "humanoidmaze-medium": 
 
 def resolve_args(args: Args) -> Args:
     """Per-domain defaults (explicit flags win), then one-line errors for invalid settings."""
-    args = fill_defaults(args, inv_temp=preset(INV_TEMP, domain_of(args), 1.0))
+    args = fill_defaults(args, inv_temp=preset(INV_TEMP, domain_of(args), 0.3))  # 0.3: the authors' default
     check(args, [(args.inv_temp > 0, f"--inv-temp must be positive, got {args.inv_temp}"),
                  (args.grad_clip > 0, "--grad-clip must be positive")])
     return args

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("MUJOCO_GL", "disable")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# one persistent compilation cache for the whole session, shared with the scripts the tests start: a resumed or
+# repeated run of the same configuration loads its executables instead of compiling them again (same results)
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jax-cache-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 def write_random_dataset(path: str, env_id: str = "cube-single-v0", episodes: int = 3, steps: int = 60, seed: int = 0):

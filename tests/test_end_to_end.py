@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 from flax import serialization
@@ -48,25 +49,43 @@ def test_pipeline_pretrain_offline_eval(script, tiny_dataset, tmp_path):
     assert b["params"]["policy"].keys() == a.keys()
 
 
-def test_killed_run_resumes_to_the_same_result(tiny_dataset, tmp_path):
-    """Kill trqam.py after its first offline checkpoint, rerun the same command: same params, lambda, EMA."""
-    common = [*TINY, "--dataset-path", tiny_dataset, "--pretrain-steps", "20", "--offline-steps", "120", "--log-interval", "20",
-              "--eval-interval", "20", "--checkpoint-interval", "20", "--eval-episodes", "3"]
-    ref, rd = str(tmp_path / "ref"), str(tmp_path / "killed")
-    run("trqam.py", *common, "--run-dir", ref)
+OFFLINE_COMMON = ["--pretrain-steps", "20", "--offline-steps", "120", "--log-interval", "20", "--eval-interval", "20",
+                  "--checkpoint-interval", "20", "--eval-episodes", "3"]
 
-    target = os.path.join(rd, "checkpoints", "step_0000000060.msgpack")  # an offline checkpoint
-    kill_when_written("trqam.py", [*common, "--run-dir", rd], target)
-    assert not os.path.exists(os.path.join(rd, "summary.json")), "the run finished before it was killed"
+
+def seed_dirs(run_dir: str, num_seeds: int, seed: int = 0) -> list[str]:
+    return [run_dir] if num_seeds == 1 else [os.path.join(run_dir, f"seed{seed + i}") for i in range(num_seeds)]
+
+
+@pytest.mark.parametrize("script, num_seeds", [("trqam.py", 1), ("qam.py", 2)])
+def test_killed_run_resumes_to_the_same_result(script, num_seeds, tiny_dataset, tmp_path):
+    """Kill the script after an offline checkpoint, rerun the same command: every seed ends with the same
+    params, targets, optimizer state, lambda and EMA (TRQAM), RNGs and logs as an uninterrupted run."""
+    single = [*TINY, "--dataset-path", tiny_dataset, *OFFLINE_COMMON]
+    common = [*single, "--num-seeds", str(num_seeds)]
+    ref, rd = str(tmp_path / "ref"), str(tmp_path / "killed")
+    run(script, *common, "--run-dir", ref)
+
+    target = os.path.join(seed_dirs(rd, num_seeds)[-1], "checkpoints", "step_0000000060.msgpack")  # an offline checkpoint
+    kill_when_written(script, [*common, "--run-dir", rd], target)
+    assert not any(os.path.exists(os.path.join(d, "summary.json")) for d in seed_dirs(rd, num_seeds)), "finished before the kill"
     assert os.path.exists(target)
 
-    run("trqam.py", *common, "--run-dir", rd)
-    a, b = final_state(ref), final_state(rd)
-    assert_trees_equal(last_checkpoint(ref)["tree"], last_checkpoint(rd)["tree"])  # params, targets, optimizer, lambda, EMA, RNGs
-    assert float(b["lam"]) == float(a["lam"]) and float(b["kl_avg"]) == float(a["kl_avg"])
-    steps = [int(r["step"]) for r in read_csv(os.path.join(rd, "train.csv"))]
-    assert steps == sorted(set(steps)) and steps[-1] == 140  # no duplicated rows after the resume
-    assert [r["success"] for r in read_csv(os.path.join(rd, "eval.csv"))] == [r["success"] for r in read_csv(os.path.join(ref, "eval.csv"))]
+    run(script, *common, "--run-dir", rd)
+    for a_dir, b_dir in zip(seed_dirs(ref, num_seeds), seed_dirs(rd, num_seeds), strict=True):
+        assert_trees_equal(last_checkpoint(a_dir)["tree"], last_checkpoint(b_dir)["tree"])
+        steps = [int(r["step"]) for r in read_csv(os.path.join(b_dir, "train.csv"))]
+        assert steps == sorted(set(steps)) and steps[-1] == 140  # no duplicated rows after the resume
+        assert read_csv(os.path.join(b_dir, "eval.csv")) == read_csv(os.path.join(a_dir, "eval.csv"))
+    if num_seeds > 1:
+        # seed i of the vmapped run equals the single-seed run of that seed (within float tolerance)
+        one = str(tmp_path / "one")
+        run(script, *single, "--seed", "1", "--run-dir", one)
+        a, b = last_checkpoint(one)["tree"], last_checkpoint(seed_dirs(ref, num_seeds)[1])["tree"]
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
+        assert not np.allclose(jax.tree.leaves(a["state"]["params"])[0],
+                               jax.tree.leaves(last_checkpoint(seed_dirs(ref, num_seeds)[0])["tree"]["state"]["params"])[0])
 
 
 @pytest.mark.parametrize(

@@ -24,11 +24,11 @@ from utils.data import KEYS, chunk_at
 ONLINE, LIMIT, OFFLINE = 200, 23, 20
 
 
-def online_cmd(dataset: str) -> list[str]:
+def online_cmd(dataset: str, script: str = "trqam.py") -> list[str]:
+    budget = ["--kl-budget", "0.05", "--kl-budget-online", "5.0"] if script == "trqam.py" else []
     return [*TINY, "--dataset-path", dataset, "--pretrain-steps", "0", "--offline-steps", str(OFFLINE), "--log-interval", "20",
             "--eval-interval", "100", "--checkpoint-interval", "50", "--eval-episodes", "1", "--online-steps", str(ONLINE),
-            "--start-training", "10", "--utd-ratio", "2", "--balanced-sampling", "--online-max-episode-steps", str(LIMIT),
-            "--kl-budget", "0.05", "--kl-budget-online", "5.0"]
+            "--start-training", "10", "--utd-ratio", "2", "--balanced-sampling", "--online-max-episode-steps", str(LIMIT), *budget]
 
 
 @pytest.fixture(scope="module")
@@ -162,31 +162,32 @@ def test_kl_budget_switches_at_the_phase_boundary(ref_run):
     assert json.load(open(os.path.join(ref_run, "summary.json")))["kl_budget"] == 5.0
 
 
-def test_killed_online_run_resumes_to_the_same_result(ref_run, tiny_dataset, tmp_path):
-    """Kill trqam.py after an online checkpoint taken mid-episode with a pending action queue; the rerun ends
-    identical to the uninterrupted run: params, optimizer, lambda, EMA, RNG, buffer rows, env state, logs."""
+@pytest.mark.parametrize("script, num_seeds", [("trqam.py", 1), ("qam.py", 2)])
+def test_killed_online_run_resumes_to_the_same_result(script, num_seeds, ref_run, tiny_dataset, tmp_path):
+    """Kill the script after an online checkpoint taken mid-episode with a pending action queue; the rerun ends
+    identical to the uninterrupted run, for every seed: params, optimizer, lambda, EMA, RNGs, buffer rows,
+    env state, action queue and logs."""
+    cmd = [*online_cmd(tiny_dataset, script), "--num-seeds", str(num_seeds)]
+    ref = ref_run if (script, num_seeds) == ("trqam.py", 1) else str(tmp_path / "ref")
+    if ref != ref_run:
+        run(script, *cmd, "--run-dir", ref)
     rd = str(tmp_path / "killed")
-    target = os.path.join(rd, "checkpoints", f"step_{OFFLINE + 50:010d}.msgpack")  # env step 50: episode 2, step 4
-    kill_when_written("trqam.py", [*online_cmd(tiny_dataset), "--run-dir", rd], target)
-    assert not os.path.exists(os.path.join(rd, "summary.json")), "the run finished before it was killed"
+    dirs = [(rd, ref)] if num_seeds == 1 else [(os.path.join(rd, f"seed{i}"), os.path.join(ref, f"seed{i}")) for i in range(num_seeds)]
+    target = os.path.join(dirs[-1][0], "checkpoints", f"step_{OFFLINE + 50:010d}.msgpack")  # env step 50: episode 2, step 4
+    kill_when_written(script, [*cmd, "--run-dir", rd], target)
+    assert not os.path.exists(os.path.join(dirs[0][0], "summary.json")), "the run finished before it was killed"
     with open(target, "rb") as f:
         meta = serialization.msgpack_restore(f.read())["meta"]
     assert meta["episode_length"] == 50 - 2 * LIMIT and meta["queue_len"] > 0  # a mid-chunk, mid-episode resume
 
-    run("trqam.py", *online_cmd(tiny_dataset), "--run-dir", rd)
-    a, b = last_checkpoint(ref_run), last_checkpoint(rd)
-    assert_trees_equal(a["tree"], b["tree"])  # state (params, targets, opt, lambda, EMA, RNG), rows, acc, queue, env
-    assert a["meta"] == b["meta"]
-    for f in ("train.csv", "online_episodes.csv", "eval.csv"):
-        ra, rb = read_csv(os.path.join(ref_run, f)), read_csv(os.path.join(rd, f))
-        skip = {"step", "phase"} if f == "train.csv" else set()
-        assert [r["step"] for r in ra] == [r["step"] for r in rb], f  # no duplicated or missing rows
-        if f != "train.csv":
-            assert ra == rb, f
-        else:
-            assert [{k: v for k, v in r.items() if k not in skip} for r in ra] == \
-                   [{k: v for k, v in r.items() if k not in skip} for r in rb]
-    assert json.load(open(os.path.join(rd, "summary.json")))["env_restored_exactly"]
+    run(script, *cmd, "--run-dir", rd)
+    for mine, theirs in dirs:
+        a, b = last_checkpoint(theirs), last_checkpoint(mine)
+        assert_trees_equal(a["tree"], b["tree"])  # state (params, targets, opt, lambda, EMA, RNG), rows, acc, queue, env
+        assert a["meta"] == b["meta"]
+        for f in ("train.csv", "online_episodes.csv", "eval.csv"):
+            assert read_csv(os.path.join(theirs, f)) == read_csv(os.path.join(mine, f)), f
+        assert json.load(open(os.path.join(mine, "summary.json")))["env_restored_exactly"]
 
 
 def test_qam_online_phase(tiny_dataset, tmp_path):

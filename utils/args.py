@@ -20,80 +20,54 @@ LARGE_DATASET = 2_000_000  # transitions above which the paper's 10M/100M networ
 
 @dataclass
 class RunArgs:
-    exp_name: str = "run"
-    """name of this experiment (part of the default run directory)"""
+    exp_name: str = "run"  # name of this experiment (part of the default run directory)
     seed: int = 0
-    num_seeds: int = 1
-    """train seeds seed .. seed+N-1 in this process (vmapped); each writes its own run directory"""
-    track: bool = False
-    """log to Weights & Biases (set WANDB_MODE=offline on a node without network)"""
+    num_seeds: int = 1  # train seeds seed .. seed+N-1 in this process (vmapped); each writes its own run directory
+    track: bool = False  # log to Weights & Biases (set WANDB_MODE=offline on a node without network)
     wandb_project_name: str = "trqam"
     wandb_entity: Optional[str] = None
-    run_dir: Optional[str] = None
-    """default runs/{env}__{exp_name}__{seed}; with --num-seeds N > 1 the seeds go to RUN_DIR/seed{seed}"""
-    capture_video: bool = False
-    """render the first episode of each evaluation to videos/step_N.mp4 in the run directory"""
+    run_dir: Optional[str] = None  # default runs/{env}__{exp_name}__{seed}; with --num-seeds N > 1 the seeds go to RUN_DIR/seed{seed}
+    capture_video: bool = False  # render the first episode of each evaluation to videos/step_N.mp4 in the run directory
 
     # environment and data (docs/DATA.md)
-    env_id: str = "cube-double-play"
-    """short OGBench name (with --task-id) or a full one like cube-double-play-singletask-task2-v0"""
+    env_id: str = "cube-double-play"  # short OGBench name (with --task-id) or a full one like cube-double-play-singletask-task2-v0
     task_id: int = 1
-    dataset_path: Optional[str] = None
-    """an OGBench .npz file or shard directory (default: $OGBENCH_DATA_DIR or ~/.ogbench/data)"""
-    generate_missing: int = 0
-    """if no dataset is found, generate this many episodes with the scripted oracles (0: don't)"""
-    sparse: bool = False
-    """sparse rewards r <- -1[r != 0]"""
-    shard_interval: int = 1000
-    """a shard directory is held one shard at a time, switched every this many updates"""
-    shard_order: Literal["random", "cycle"] = "random"
-    """next shard: random, or in order from shard 0 (the authors' code)"""
+    dataset_path: Optional[str] = None  # an OGBench .npz file or shard directory (default: $OGBENCH_DATA_DIR or ~/.ogbench/data)
+    generate_missing: int = 0  # if no dataset is found, generate this many episodes with the scripted oracles (0: don't)
+    sparse: bool = False  # sparse rewards r <- -1[r != 0]
+    shard_interval: int = 1000  # a shard directory is held one shard at a time, switched every this many updates
+    shard_order: Literal["random", "cycle"] = "random"  # next shard: random, or in order from shard 0 (the authors' code)
 
     # the two-stage pipeline and its phases (docs/METHOD.md section 7)
-    pretrain_steps: int = 300_000
-    """BC pretraining steps of the flow (2) run first; ignored with --pretrained-path"""
+    pretrain_steps: int = 300_000  # BC pretraining steps of the flow (2) run first; ignored with --pretrained-path
     pretrained_path: Optional[str] = None
     """a flow checkpoint (pretrained.msgpack) of any algorithm's BC stage; '{seed}' is formatted per seed"""
     offline_steps: int = 1_000_000
-    online_steps: int = 0
-    """environment steps of online fine-tuning after the offline phase (paper: 500K)"""
-    utd_ratio: int = 1
-    """online updates per environment step"""
-    start_training: int = 5_000
-    """environment steps collected before online updates begin"""
+    online_steps: int = 0  # environment steps of online fine-tuning after the offline phase (paper: 500K)
+    utd_ratio: int = 1  # online updates per environment step
+    start_training: int = 5_000  # environment steps collected before online updates begin
     balanced_sampling: bool = False
     """half of each online batch from the dataset, half from the online rows; random actions before --start-training"""
-    online_max_episode_steps: Optional[int] = None
-    """time limit of the online training env's episodes (default: the env's own)"""
+    online_max_episode_steps: Optional[int] = None  # time limit of the online training env's episodes (default: the env's own)
 
     # networks and optimisation shared by every method (docs/METHOD.md section 2)
     batch_size: int = 256
     learning_rate: float = 3e-4
-    actor_hidden_dims: Optional[tuple[int, ...]] = None
-    """flow MLP (default 4x512, or 4x1024 for datasets above 2M transitions)"""
-    actor_layer_norm: Optional[bool] = None
-    """default: on for datasets above 2M transitions"""
+    actor_hidden_dims: Optional[tuple[int, ...]] = None  # flow MLP (default 4x512, or 4x1024 for datasets above 2M transitions)
+    actor_layer_norm: Optional[bool] = None  # default: on for datasets above 2M transitions
     value_hidden_dims: Optional[tuple[int, ...]] = None
-    num_qs: int = 10
-    """critic ensemble size"""
-    tau: float = 0.005
-    """Polyak rate of the target networks"""
-    discount: Optional[float] = None
-    """gamma (default 0.995; humanoidmaze 0.999)"""
-    rho: Optional[float] = None
-    """pessimism of the TD target, mean - rho*std over the ensemble (default 0.5; humanoidmaze 0)"""
-    horizon: Optional[int] = None
-    """action-chunk length H (default 5 for manipulation, 1 for navigation)"""
-    flow_steps: int = 10
-    """K Euler steps of the flow"""
+    num_qs: int = 10  # critic ensemble size
+    tau: float = 0.005  # Polyak rate of the target networks
+    discount: Optional[float] = None  # gamma (default 0.995; humanoidmaze 0.999)
+    rho: Optional[float] = None  # pessimism of the TD target, mean - rho*std over the ensemble (default 0.5; humanoidmaze 0)
+    horizon: Optional[int] = None  # action-chunk length H (default 5 for manipulation, 1 for navigation)
+    flow_steps: int = 10  # K Euler steps of the flow
 
     # evaluation, logging, checkpoints
     eval_interval: int = 50_000
     eval_episodes: int = 50
-    eval_workers: Optional[int] = None
-    """processes stepping the evaluation envs (0: in this process; default: by the cores available)"""
-    log_interval: int = 5_000
-    """updates per train.csv row (online: environment steps)"""
+    eval_workers: Optional[int] = None  # processes stepping the evaluation envs (0: in this process; default: by the cores available)
+    log_interval: int = 5_000  # updates per train.csv row (online: environment steps)
     checkpoint_interval: int = 100_000
 
 

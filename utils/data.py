@@ -14,6 +14,7 @@ import glob
 import math
 import os
 import re
+import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -66,7 +67,9 @@ def check_env(env_name: str) -> str:
 
 def make_env(env_name: str, **kwargs) -> gymnasium.Env:
     """The single-task gymnasium env of an OGBench env name."""
-    return gymnasium.make(check_env(env_name), **kwargs)
+    with warnings.catch_warnings():  # gymnasium's notice that the env's float64 bounds are cast to float32
+        warnings.filterwarnings("ignore", message=".*precision lowered.*")
+        return gymnasium.make(check_env(env_name), **kwargs)
 
 
 # ------------------------------------------------------------------------- dataset files

@@ -47,6 +47,24 @@ def unstack(tree: Tree, n: int) -> list[Tree]:
     return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(n)]
 
 
+def make_block(update: Callable, n: int, batch_size: int, horizon: int, discount: float) -> Callable:
+    """``n`` updates of every seed in one jitted dispatch (lax.scan), chunk batches (3) sampled on the device:
+    ``block((states, keys), data, size) -> ((states, keys), metrics averaged over the n updates)``."""
+
+    def block(carry, data, size):
+        def body(c, _):
+            states, keys = c
+            ks = jax.vmap(jax.random.split)(keys)
+            batch = jax.vmap(lambda k: sample_chunks(data, k, batch_size, horizon, discount, size))(ks[:, 0])
+            states, m = jax.vmap(update)(states, batch)
+            return (states, ks[:, 1]), m
+
+        carry, ms = jax.lax.scan(body, carry, None, length=n)
+        return carry, jax.tree.map(lambda x: x.mean(0), ms)
+
+    return jax.jit(block, donate_argnums=0)
+
+
 class Runner:
     def __init__(self, args: RunArgs, algorithm: str):
         self.args, self.algorithm, a = args, algorithm, args
@@ -65,7 +83,8 @@ class Runner:
         self.P = 0 if a.pretrained_path else a.pretrain_steps
         self.off_end, self.total = self.P + a.offline_steps, self.P + a.offline_steps + a.online_steps
         keys = [jax.random.split(jax.random.PRNGKey(s), 3) for s in self.seeds]
-        self.flow_keys, self.init_keys, self.keys = (jnp.stack([k[j] for k in keys]) for j in range(3))
+        self.flow_keys, self.init_keys, self._sample_keys = (jnp.stack([k[j] for k in keys]) for j in range(3))
+        self.keys = self._phase_keys(0)  # batch sampling: one stream per phase, so a loaded flow = one pretrained here
 
         self.resume, self.resume_meta = self._latest_checkpoints()
         start = int(self.resume_meta["step"]) if self.resume else 0
@@ -77,6 +96,8 @@ class Runner:
         self.flow: Tree = None
         self.online_info: list[dict] = [{} for _ in self.seeds]
         self._jitted: dict[Any, Callable] = {}
+        self._acc: dict[str, np.ndarray] = {}  # metric sums (per seed) since the last train.csv row, and their count
+        self._acc_n = 0
         self._t0 = time.time()
 
     # ------------------------------------------------------------------------ checkpoints
@@ -95,11 +116,16 @@ class Runner:
     def _save(self, step: int, phase: str, trees: list[Tree], metas: list[dict] | None = None) -> None:
         for i, tree in enumerate(trees):
             meta = {"phase": phase, "step": step, "shard": self.data.shard_at(step), **(metas[i] if metas else {})}
+            if self._acc:  # metric sums since the last train.csv row, so a resumed run logs the same rows
+                meta.update(log_sums={k: float(v[i]) for k, v in self._acc.items()}, log_count=self._acc_n)
             checkpoint.save(checkpoint.step_path(self._ckpt_dir(i), step), tree, meta)
 
     def _restore(self, template: Callable[[int], Tree]) -> list[tuple[Tree, dict]]:
         """Each seed's resume checkpoint, restored into the structure of ``template(seed index)``."""
         return [checkpoint.load(p, template(i)) for i, p in enumerate(self.resume)]
+
+    def _phase_keys(self, phase: int) -> jax.Array:
+        return jax.vmap(jax.random.fold_in, in_axes=(0, None))(self._sample_keys, phase)
 
     def _phase(self) -> str | None:
         return self.resume_meta.get("phase") if self.resume else None
@@ -117,24 +143,20 @@ class Runner:
             paths = [a.pretrained_path.format(seed=s) for s in self.seeds]
             self.flow = stack([self._load_flow(p, one) for p in paths])
         elif self.P > 0 and self._phase() in (None, "pretrain"):
-            done = [os.path.join(d, "pretrained.msgpack") for d in self.run_dirs]
-            if all(os.path.exists(p) and checkpoint.read_meta(p).get("steps") == self.P for p in done):
-                self.flow = stack([self._load_flow(p, one) for p in done])  # killed after pretraining ended
-            else:
-                if self._phase() == "pretrain":
-                    restored = stack([t for t, _ in self._restore(lambda i: self._trees(states)[i])])
-                    states, self.keys = restored["state"], restored["key"]
+            if self._phase() == "pretrain":
+                restored = stack([t for t, _ in self._restore(lambda i: self._trees(states)[i])])
+                states, self.keys = restored["state"], restored["key"]
 
-                def boundary(s: Tree, step: int) -> None:
-                    if step % a.checkpoint_interval == 0 and step < self.P:
-                        self._save(step, "pretrain", self._trees(s))
+            def boundary(s: Tree, step: int) -> None:
+                if step % a.checkpoint_interval == 0 or step == self.P:
+                    self._save(step, "pretrain", self._trees(s))
 
-                states = self._updates("pretrain", states, update, int(self.resume_meta.get("step", 0)), self.P, 0, boundary)
-                meta = {"obs_dim": self.obs_dim, "action_dim": self.chunk_dim, "horizon": a.horizon, "env": self.env_name,
-                        "hidden_dims": list(a.actor_hidden_dims), "layer_norm": a.actor_layer_norm, "steps": self.P}
-                for d, flow in zip(self.run_dirs, unstack(states.params, len(self.seeds)), strict=True):
-                    checkpoint.save(os.path.join(d, "pretrained.msgpack"), {"params": flow}, meta)
-                self.flow = states.params
+            states = self._updates("pretrain", states, update, int(self.resume_meta.get("step", 0)), self.P, 0, boundary)
+            meta = {"obs_dim": self.obs_dim, "action_dim": self.chunk_dim, "horizon": a.horizon, "env": self.env_name,
+                    "hidden_dims": list(a.actor_hidden_dims), "layer_norm": a.actor_layer_norm, "steps": self.P}
+            for d, flow in zip(self.run_dirs, unstack(states.params, len(self.seeds)), strict=True):
+                checkpoint.save(os.path.join(d, "pretrained.msgpack"), {"params": flow}, meta)
+            self.flow = states.params
         return self.flow
 
     def _load_flow(self, path: str, template: Tree) -> Tree:
@@ -158,8 +180,10 @@ class Runner:
             state, self.keys, start = restored["state"], restored["key"], int(self.resume_meta["step"])
         elif self._phase() == "online":
             return state  # a template: online() restores the state with the buffer and the envs
-        elif a.eval_episodes > 0:
-            self.evaluate(*((self.flow_act, self.flow) if self.flow_act else (act, state)), self.P, "offline", 0)
+        else:
+            self.keys = self._phase_keys(1)
+            if a.eval_episodes > 0:
+                self.evaluate(*((self.flow_act, self.flow) if self.flow_act else (act, state)), self.P, "offline", 0)
 
         def boundary(s: Tree, step: int) -> None:
             rel = step - self.P
@@ -178,7 +202,11 @@ class Runner:
     def _updates(self, phase: str, state: Tree, update: Callable, start: int, end: int, phase_start: int,
                  boundary: Callable[[Tree, int], None], log_state: Callable | None = None) -> Tree:
         """Global steps [start, end) of ``update`` in scanned blocks; logs every --log-interval updates."""
-        a, step, acc, n_acc = self.args, start, None, 0
+        a, step, self._acc, self._acc_n = self.args, start, {}, 0
+        if self.resume and start == int(self.resume_meta["step"]):
+            metas = [checkpoint.read_meta(p) for p in self.resume]
+            self._acc = {k: np.array([m["log_sums"][k] for m in metas]) for k in metas[0].get("log_sums", {})}
+            self._acc_n = int(metas[0].get("log_count", 0))
         state = jax.tree.map(jnp.copy, state)  # own buffers: the blocks donate them, and init may share leaves
         while step < end:
             rel = step - phase_start
@@ -188,31 +216,17 @@ class Runner:
             (state, self.keys), m = self._block(update, int(nxt - step))((state, self.keys), data, size)
             m = jax.device_get(m)
             self._check_finite(m, phase, nxt)
-            acc = {k: (0 if acc is None else acc[k]) + v * (nxt - step) for k, v in m.items()}
-            n_acc, step = n_acc + nxt - step, int(nxt)
+            self._acc = {k: self._acc.get(k, 0.0) + np.asarray(v, np.float64) * (nxt - step) for k, v in m.items()}
+            self._acc_n, step = self._acc_n + int(nxt - step), int(nxt)
             if (step - phase_start) % a.log_interval == 0 or step == end:
-                self._log_train(step, phase, step - phase_start, {k: v / n_acc for k, v in acc.items()}, state, log_state)
-                acc, n_acc = None, 0
+                self._log_train(step, phase, step - phase_start, {k: v / self._acc_n for k, v in self._acc.items()}, state, log_state)
+                self._acc, self._acc_n = {}, 0
             boundary(state, step)
         return state
 
     def _block(self, update: Callable, n: int) -> Callable:
-        """``n`` updates of every seed in one dispatch (lax.scan), batches sampled on the device."""
         if (update, n) not in self._jitted:
-            a = self.args
-
-            def block(carry, data, size):
-                def body(c, _):
-                    states, keys = c
-                    ks = jax.vmap(jax.random.split)(keys)
-                    batch = jax.vmap(lambda k: sample_chunks(data, k, a.batch_size, a.horizon, a.discount, size))(ks[:, 0])
-                    states, m = jax.vmap(update)(states, batch)
-                    return (states, ks[:, 1]), m
-
-                carry, ms = jax.lax.scan(body, carry, None, length=n)
-                return carry, jax.tree.map(lambda x: x.mean(0), ms)
-
-            self._jitted[update, n] = jax.jit(block, donate_argnums=0)
+            self._jitted[update, n] = make_block(update, n, self.args.batch_size, self.args.horizon, self.args.discount)
         return self._jitted[update, n]
 
     def _check_finite(self, metrics: dict, phase: str, step: int) -> None:
@@ -301,8 +315,10 @@ class Runner:
                 queues[i] = list(np.asarray(ck["queue"])[: int(m["queue_len"])])
                 seed = online.episode_seed(self.seeds[i], int(m["episode"]))
                 obs[i], exact[i] = online.restore_env(envs[i], seed, ck["rows"]["actions"][t - int(m["episode_length"]): t], ck["env"])
-        elif start is not None:
-            state = jax.vmap(start)(state)
+        else:
+            self.keys = self._phase_keys(2)
+            if start is not None:
+                state = jax.vmap(start)(state)
         state = jax.tree.map(jnp.copy, state)  # own buffers: the online step donates them
 
         t_begin, wall_begin = t, time.time()

@@ -1,0 +1,453 @@
+"""QAM-E: Q-Adjoint Matching with an edit policy (arXiv 2601.14234), the method in one file.
+
+QAM (qam.py: adjoint matching of a flow policy at the fixed inverse temperature beta = --inv-temp) plus
+a tanh-Gaussian edit policy pi_omega(e | s, a~) that moves the flow's chunk a~ = ODE_vtheta(s, z) within
+a box of half-width sigma_a = --edit-scale towards higher Q, a = clip(a~ + sigma_a e), with an entropy
+temperature tuned towards -d/2. With --edit-scale 0 (the preset on scene and cube-double) it is plain
+QAM: the edit policy is neither trained nor used. Specification: docs/BASELINES.md sections 6-7
+(equation numbers (N) are docs/METHOD.md's). Read top to bottom: Args and presets, networks, the
+equations, the BC stage, the QAM-E update and actor, main(). What is not the method (data, phases,
+evaluation, checkpoints, resume, the online loop) is utils/runner.py.
+
+    python baselines/qam_e.py --env-id puzzle-4x4-play --task-id 2 --offline-steps 1000000
+    python baselines/qam_e.py --env-id cube-triple-play --task-id 2 --offline-steps 1000000 --online-steps 500000
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Literal, NamedTuple, Optional
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+
+from utils.args import RunArgs, check, cli, domain_of, fill_defaults, preset  # noqa: E402
+from utils.runner import Runner  # noqa: E402
+
+
+# ========================================================================================= Args
+@dataclass
+class Args(RunArgs):
+    exp_name: str = "qam_e"
+    grad_clip: float = 1.0
+    """global-norm gradient clipping of the fine-tuning step"""
+    adjoint: Literal["paper", "exact"] = "paper"
+    """lean adjoint (7): the authors' recursion (paper) or the exact discrete adjoint of the base chain (7')"""
+    inv_temp: Optional[float] = None
+    """beta, the inverse temperature on the critic gradient (6) (default per domain, docs/BASELINES.md sec. 10; else 0.3)"""
+    edit_scale: Optional[float] = None
+    """sigma_a, the edit's half-width, a = clip(a~ + sigma_a e) (default per domain, docs/BASELINES.md sec. 10; else 0 = plain QAM)"""
+
+
+# QAM-E's beta and sigma_a per domain: docs/BASELINES.md section 10 (the QAM authors' launch script). sigma_a = 0 on scene
+# and cube-double makes QAM-E plain QAM there; outside these domains the authors' config defaults apply (beta 0.3, sigma_a 0).
+INV_TEMP = {"antmaze-large": 1.0, "antmaze-giant": 10.0, "humanoidmaze-medium": 3.0, "humanoidmaze-large": 3.0, "scene": 1.0,
+            "puzzle-3x3": 1.0, "puzzle-4x4": 0.1, "cube-double": 1.0, "cube-triple": 3.0, "cube-quadruple": 3.0}
+EDIT_SCALE = {"antmaze-large": 0.1, "antmaze-giant": 0.1, "humanoidmaze-medium": 0.1, "humanoidmaze-large": 0.1, "scene": 0.0,
+              "puzzle-3x3": 0.1, "puzzle-4x4": 0.9, "cube-double": 0.0, "cube-triple": 0.1, "cube-quadruple": 0.1}
+
+
+def resolve_args(args: Args) -> Args:
+    """Per-domain defaults (explicit flags win), then one-line errors for invalid settings."""
+    domain = domain_of(args)
+    args = fill_defaults(args, inv_temp=preset(INV_TEMP, domain, 0.3), edit_scale=preset(EDIT_SCALE, domain, 0.0))
+    check(args, [(args.inv_temp > 0, f"--inv-temp must be positive, got {args.inv_temp}"),
+                 (args.edit_scale >= 0, f"--edit-scale must be non-negative (0 is plain QAM), got {args.edit_scale}"),
+                 (args.grad_clip > 0, "--grad-clip must be positive")])
+    return args
+
+
+# ===================================================================================== networks
+def default_init(scale: float = 1.0):
+    return nn.initializers.variance_scaling(scale, "fan_avg", "uniform")
+
+
+class MLP(nn.Module):
+    hidden_dims: tuple[int, ...]
+    out_dim: int
+    layer_norm: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for h in self.hidden_dims:
+            x = nn.Dense(h, kernel_init=default_init())(x)
+            x = nn.gelu(x)
+            if self.layer_norm:
+                x = nn.LayerNorm()(x)
+        return nn.Dense(self.out_dim, kernel_init=default_init())(x)
+
+
+class VelocityField(nn.Module):
+    """v(s, x, t): the flow policy's velocity over a flattened action chunk x in R^d."""
+
+    hidden_dims: tuple[int, ...]
+    action_dim: int
+    layer_norm: bool = False
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, x: jax.Array, t: jax.Array) -> jax.Array:
+        return MLP(self.hidden_dims, self.action_dim, self.layer_norm)(jnp.concatenate([obs, x, t], axis=-1))
+
+
+class CriticEnsemble(nn.Module):
+    """N Q-networks over [s, chunk], vmapped over members (one batched matmul per layer)."""
+
+    hidden_dims: tuple[int, ...]
+    num_qs: int
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, actions: jax.Array) -> jax.Array:
+        ensemble = nn.vmap(MLP, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=None, out_axes=0,
+                           axis_size=self.num_qs)
+        return ensemble(self.hidden_dims, 1, True)(jnp.concatenate([obs, actions], axis=-1))[..., 0]
+
+
+class TanhNormal(nn.Module):
+    """pi(. | x): a diagonal Gaussian with state-dependent log-std, pushed through tanh (docs/BASELINES.md 0.3).
+
+    The trunk is the actor widths, each Dense -> GELU including the last (activate_final), no LayerNorm;
+    two linear heads give the mean and the log-std, clipped to [-20, 2]. Returns (mean, log_std)."""
+
+    hidden_dims: tuple[int, ...]
+    action_dim: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        for h in self.hidden_dims:
+            x = nn.gelu(nn.Dense(h, kernel_init=default_init())(x))
+        mean = nn.Dense(self.action_dim, kernel_init=default_init())(x)
+        log_std = nn.Dense(self.action_dim, kernel_init=default_init())(x)
+        return mean, jnp.clip(log_std, -20.0, 2.0)
+
+
+class LogParam(nn.Module):
+    """A positive scalar (an entropy temperature) stored as its logarithm; initial value 1."""
+
+    @nn.compact
+    def __call__(self) -> jax.Array:
+        return jnp.exp(self.param("log_value", nn.initializers.zeros, ()))
+
+
+class Networks(NamedTuple):
+    actor: VelocityField  # one definition for the base, its target and the fine-tuned policy
+    critic: CriticEnsemble
+    edit_policy: TanhNormal  # pi_omega(e | s, a~) over [s, a~]
+    alpha: LogParam  # the edit policy's temperature alpha_e
+
+
+def make_networks(args: Args, chunk_dim: int) -> Networks:
+    return Networks(VelocityField(args.actor_hidden_dims, chunk_dim, args.actor_layer_norm),
+                    CriticEnsemble(args.value_hidden_dims, args.num_qs), TanhNormal(args.actor_hidden_dims, chunk_dim), LogParam())
+
+
+# =================================================================================== equations
+VelocityFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]  # v(obs, x, t) with t shaped (..., 1)
+
+
+def _tcol(t: jax.Array, x: jax.Array) -> jax.Array:
+    return jnp.broadcast_to(t, x.shape[:-1] + (1,)).astype(x.dtype)
+
+
+def sample_flow(v: VelocityFn, obs: jax.Array, x0: jax.Array, flow_steps: int) -> jax.Array:
+    """Deterministic Euler sampling, METHOD (1): x_{k+1} = x_k + h v(s, x_k, t_k), output clipped."""
+    h = 1.0 / flow_steps
+
+    def step(x, t):
+        return x + h * v(obs, x, _tcol(t, x)), None
+
+    x, _ = jax.lax.scan(step, x0, jnp.arange(flow_steps) * h)
+    return jnp.clip(x, -1.0, 1.0)
+
+
+def bc_flow_loss(v: VelocityFn, obs: jax.Array, actions: jax.Array, weight: jax.Array, key: jax.Array) -> jax.Array:
+    """Flow matching on the linear path, METHOD (2), each chunk weighted by ``weight`` (B,), its final valid."""
+    k_t, k_x = jax.random.split(key)
+    t = jax.random.uniform(k_t, actions.shape[:-1] + (1,))
+    x0 = jax.random.normal(k_x, actions.shape)
+    xt = (1.0 - t) * x0 + t * actions
+    return jnp.mean(jnp.mean((v(obs, xt, t) - (actions - x0)) ** 2, axis=-1) * weight)
+
+
+def sde_schedule(flow_steps: int) -> tuple[jax.Array, jax.Array, float]:
+    """Times t_k = k h and shifted squared diffusion g_k^2 = 2(1 - t_k + h)/(t_k + h), METHOD (4)."""
+    h = 1.0 / flow_steps
+    t = jnp.arange(flow_steps, dtype=jnp.float32) * h
+    return t, 2.0 * (1.0 - t + h) / (t + h), h
+
+
+def memoryless_rollout(
+    v_ft: VelocityFn, v_base: VelocityFn, obs: jax.Array, x0: jax.Array, eps: jax.Array, flow_steps: int
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Controlled rollout, METHOD (5): memoryless drift b_k = 2 v_ft - x/(t_k+h) (4) plus noise for
+    k = 0..K-2, then one deterministic base step. Returns x_0..x_{K-1} as (K, B, d) and x_K (constants),
+    the v_ft(s, x_k, t_k) of k <= K-2 (with their gradient: the loss (8) reuses them) and v_base(s, x_{K-1}, t_{K-1})."""
+    t, g2, h = sde_schedule(flow_steps)
+    sg = jax.lax.stop_gradient
+
+    def step(x, inp):
+        tk, g2k, ek = inp
+        vf = v_ft(obs, x, _tcol(tk, x))
+        x_next = x + h * (2.0 * sg(vf) - x / (tk + h)) + jnp.sqrt(h * g2k) * ek
+        return x_next, (x, vf)
+
+    x_last, (xs, vfs) = jax.lax.scan(step, sg(x0), (t[:-1], g2[:-1], eps))  # xs = x_0..x_{K-2}
+    vb_last = v_base(obs, x_last, _tcol(t[-1], x_last))
+    xs = jnp.concatenate([xs, x_last[None]], axis=0)
+    return sg(xs), sg(x_last + h * vb_last), vfs, sg(vb_last)
+
+
+def terminal_adjoint(q: Callable[[jax.Array, jax.Array], jax.Array], obs: jax.Array, x_final: jax.Array, beta) -> jax.Array:
+    """METHOD (6): a_K = -beta * grad_a mean_i Qbar_i(s, clip(x_K, -1, 1)), per sample."""
+    grad = jax.grad(lambda a: jnp.sum(jnp.mean(q(obs, jnp.clip(a, -1.0, 1.0)), axis=0)))(x_final)
+    return -beta * grad
+
+
+def lean_adjoint(v_base: VelocityFn, obs: jax.Array, xs: jax.Array, adj_final: jax.Array, flow_steps: int,
+                 adjoint: str = "paper") -> tuple[jax.Array, jax.Array]:
+    """The lean adjoint backwards from a_K, one VJP per step: a_k = a_{k+1} + h (d drift_k/dx (x_k))^T a_{k+1}.
+
+    ``paper``, METHOD (7): drift_k(x) = 2 v_base(s, x, t_k + h) - x/(t_k + h) at every k, the last included.
+    ``exact``, METHOD (7'): drift_k(x) = 2 v_base(s, x, t_k) - x/(t_k + h), and v_base(s, x, t_{K-1}) at the
+    last step, so that a_k = (dPhi_k/dx)^T a_{k+1} for the base step map Phi_k(x) = x + h drift_k(x).
+    Returns a_0..a_{K-1} and the v_base values the VJPs evaluated (at (x_k, t_k) in exact mode).
+    """
+    t, _, h = sde_schedule(flow_steps)
+    last = (jnp.arange(flow_steps) == flow_steps - 1) & (adjoint == "exact")
+    coef_v, coef_x = jnp.where(last, 1.0, 2.0), jnp.where(last, 0.0, 1.0 / (t + h))
+    t_eval = t if adjoint == "exact" else t + h
+
+    def step(adj, inp):
+        x, tv, cv, cx = inp
+
+        def drift(x):
+            vb = v_base(obs, x, _tcol(tv, x))
+            return cv * vb - cx * x, vb
+
+        _, vjp, vb = jax.vjp(drift, x, has_aux=True)
+        adj_k = adj + h * vjp(adj)[0]
+        return adj_k, (adj_k, vb)
+
+    _, (adjs, vbs) = jax.lax.scan(step, adj_final, (xs, t_eval, coef_v, coef_x), reverse=True)
+    return adjs, vbs
+
+
+def adjoint_matching_loss(dv: jax.Array, adj: jax.Array, g2: jax.Array, lam_eff) -> jax.Array:
+    """METHOD (8): E_batch sum_k || 2 (v_ft - v_base)/sigma_k + sigma_k a_k ||^2, sigma_k = g_k/sqrt(lam_eff).
+
+    ``dv`` and ``adj`` are (K, B, d); summed over steps and dims, averaged over the batch.
+    """
+    sigma = jnp.sqrt(g2 / lam_eff)[:, None, None]
+    return jnp.sum((2.0 * dv / sigma + sigma * adj) ** 2) / dv.shape[1]
+
+
+def path_kl(dv: jax.Array, g2: jax.Array, h: float, horizon: int) -> jax.Array:
+    """METHOD (9): E_batch sum_k (2h/g_k^2) ||v_ft - v_base||^2 / H, the path KL per environment step."""
+    return jnp.sum((2.0 * h / g2)[:, None, None] * dv**2) / dv.shape[1] / horizon
+
+
+def polyak(params: Any, target: Any, tau: float) -> Any:
+    return jax.tree.map(lambda p, tp: tau * p + (1.0 - tau) * tp, params, target)
+
+
+def tanh_normal_log_prob(u: jax.Array, mean: jax.Array, log_std: jax.Array) -> jax.Array:
+    """log pi(tanh u): the Gaussian log-density of the pre-tanh u minus the tanh Jacobian sum_j log(1 - tanh(u_j)^2),
+    written 2 (log 2 - u - softplus(-2u)) so that it stays finite where tanh(u) rounds to +-1."""
+    gauss = -0.5 * jnp.sum(((u - mean) / jnp.exp(log_std)) ** 2 + 2.0 * log_std + jnp.log(2.0 * jnp.pi), axis=-1)
+    return gauss - jnp.sum(2.0 * (jnp.log(2.0) - u - jax.nn.softplus(-2.0 * u)), axis=-1)
+
+
+def tanh_normal_sample(mean: jax.Array, log_std: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """A reparameterised sample tanh(mean + std eps), eps ~ N(0, I), and its log-density (of the squashed sample)."""
+    u = mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape)
+    return jnp.tanh(u), tanh_normal_log_prob(u, mean, log_std)
+
+
+def target_entropy(action_dim: int) -> float:
+    """H_tgt = -0.5 d, the authors' target-entropy multiplier 0.5 times the chunk size."""
+    return -0.5 * action_dim
+
+
+def temperature_loss(alpha: jax.Array, log_prob: jax.Array, entropy_target: float) -> jax.Array:
+    """L_alpha = alpha (-sg(mean_b log pi) - H_tgt): descent raises alpha while the entropy is below its target."""
+    return alpha * (-jax.lax.stop_gradient(jnp.mean(log_prob)) - entropy_target)
+
+
+def edited_action(nets: Networks, edit_params: Any, obs: jax.Array, a_flow: jax.Array, key: jax.Array,
+                  edit_scale: float) -> tuple[jax.Array, jax.Array]:
+    """a = clip(a~ + sigma_a e, -1, 1), e ~ pi_omega(. | s, a~) reparameterised; returns a and log pi_omega(e | s, a~)."""
+    e, log_prob = tanh_normal_sample(*nets.edit_policy.apply({"params": edit_params}, jnp.concatenate([obs, a_flow], axis=-1)), key)
+    return jnp.clip(a_flow + edit_scale * e, -1.0, 1.0), log_prob
+
+
+def qam_e_action(args: Args, nets: Networks, params: dict, obs: jax.Array, key: jax.Array) -> jax.Array:
+    """The actor (and the TD target's a'): a~ = ODE_vtheta(s, z) by (1), then the edit. With sigma_a = 0 this is QAM's
+    actor exactly, with the same use of ``key`` (the authors build no edit policy then)."""
+    v = lambda o, x, t: nets.actor.apply({"params": params["policy"]}, o, x, t)  # noqa: E731
+    shape = obs.shape[:-1] + (nets.actor.action_dim,)
+    if args.edit_scale == 0:
+        return sample_flow(v, obs, jax.random.normal(key, shape), args.flow_steps)
+    k_z, k_e = jax.random.split(key)
+    a_flow = sample_flow(v, obs, jax.random.normal(k_z, shape), args.flow_steps)
+    return edited_action(nets, params["edit"], obs, a_flow, k_e, args.edit_scale)[0]
+
+
+# ============================================================== BC stage (2), shared by every algorithm
+class BCState(NamedTuple):
+    params: Any  # the flow
+    opt_state: Any
+    rng: jax.Array
+
+
+def bc_optimizer(args: RunArgs) -> optax.GradientTransformation:
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(args.learning_rate))
+
+
+def bc_init(args: RunArgs, nets: Any, obs_dim: int, key: jax.Array) -> BCState:
+    k_init, k_rng = jax.random.split(key)
+    params = nets.actor.init(k_init, jnp.zeros((1, obs_dim)), jnp.zeros((1, nets.actor.action_dim)), jnp.zeros((1, 1)))["params"]
+    return BCState(params, bc_optimizer(args).init(params), k_rng)
+
+
+def bc_update(args: RunArgs, nets: Any, state: BCState, batch: dict) -> tuple[BCState, dict]:
+    """One step of flow matching (2) on a chunk batch: the BC pretraining of every flow algorithm."""
+    key, rng = jax.random.split(state.rng)
+    v = lambda p: lambda o, x, t: nets.actor.apply({"params": p}, o, x, t)  # noqa: E731
+    loss_fn = lambda p: bc_flow_loss(v(p), batch["observations"], batch["actions"], batch["valid"][:, -1], key)  # noqa: E731
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    updates, opt_state = bc_optimizer(args).update(grads, state.opt_state, state.params)
+    return BCState(optax.apply_updates(state.params, updates), opt_state, rng), {"bc_loss": loss}
+
+
+def flow_act(args: RunArgs, nets: Any, flow: Any, obs: jax.Array, key: jax.Array) -> jax.Array:
+    """Acting by (1) with a flow: one chunk for one observation."""
+    v = lambda o, x, t: nets.actor.apply({"params": flow}, o, x, t)  # noqa: E731
+    return sample_flow(v, obs, jax.random.normal(key, (nets.actor.action_dim,)), args.flow_steps)
+
+
+# ============================================================================= QAM-E update
+class TrainState(NamedTuple):
+    params: dict  # {"critic", "base", "policy", "edit", "edit_alpha"}: trained by one Adam
+    target: dict  # {"critic", "base"}: Polyak copies; target["base"] is v_base
+    opt_state: Any
+    rng: jax.Array
+
+
+def optimizer(args: Args) -> optax.GradientTransformation:
+    return optax.chain(optax.clip_by_global_norm(args.grad_clip), optax.adam(args.learning_rate))
+
+
+def init_state(args: Args, nets: Networks, obs_dim: int, key: jax.Array, flow: dict) -> TrainState:
+    """All three flows start from the BC flow; the critic, the edit policy and its temperature are fresh."""
+    k_q, k_e, k_alpha, k_rng = jax.random.split(key, 4)
+    obs, a = jnp.zeros((1, obs_dim)), jnp.zeros((1, nets.actor.action_dim))
+    critic = nets.critic.init(k_q, obs, a)["params"]
+    params = {"critic": critic, "base": flow, "policy": flow, "edit": nets.edit_policy.init(k_e, jnp.concatenate([obs, a], -1))["params"],
+              "edit_alpha": nets.alpha.init(k_alpha)["params"]}
+    return TrainState(params, {"critic": critic, "base": flow}, optimizer(args).init(params), k_rng)
+
+
+def loss(params: dict, state: TrainState, batch: dict, key: jax.Array, args: Args, nets: Networks):
+    """L_Q (3) + L_BC (2) on the base + L_AM (8) with lambda_eff = 1 and beta = inv_temp, as qam.py, + L_E (sigma_a > 0)."""
+    sg = jax.lax.stop_gradient
+    K, d, H = args.flow_steps, nets.actor.action_dim, args.horizon
+    obs, B = batch["observations"], batch["observations"].shape[0]
+    # split is fold-like (JAX default): the first four keys are the ones qam.py draws from the same key
+    k_next, k_bc, k_x0, k_eps, k_edit = jax.random.split(key, 5)
+    v = lambda p: lambda o, x, t: nets.actor.apply({"params": p}, o, x, t)  # noqa: E731
+    q = lambda p: lambda o, a: nets.critic.apply({"params": p}, o, a)  # noqa: E731
+
+    # critic TD loss (3): y = R + gamma^H m_H (mean - rho std) of the target ensemble at s'_H, a' = the edited acting policy
+    next_obs = batch["next_observations"]
+    a_next = qam_e_action(args, nets, sg(params), next_obs, k_next)
+    q_next = q(state.target["critic"])(next_obs, a_next)
+    y = batch["rewards"] + args.discount**H * batch["masks"] * (q_next.mean(0) - args.rho * q_next.std(0))
+    q_pred = q(params["critic"])(obs, batch["actions"])
+    chex.assert_equal_shape([q_pred, q_next])  # (N, B)
+    valid_h = batch["valid"][:, -1]
+    critic_loss = jnp.mean(valid_h * (q_pred - sg(y)) ** 2)
+
+    # BC flow matching (2) on the base
+    bc_loss = bc_flow_loss(v(params["base"]), obs, batch["actions"], valid_h, k_bc)
+
+    # adjoint matching (4)-(8) against v_base = target_base
+    v_base = v(state.target["base"])
+    eps = jax.random.normal(k_eps, (K - 1, B, d))
+    xs, x_final, v_ft, vb_last = memoryless_rollout(v(params["policy"]), v_base, obs, jax.random.normal(k_x0, (B, d)), eps, K)
+    adj_final = terminal_adjoint(q(state.target["critic"]), obs, x_final, args.inv_temp)
+    adjs, vbs = lean_adjoint(v_base, obs, xs, adj_final, K, args.adjoint)
+    t, g2, h = sde_schedule(K)
+    if args.adjoint == "paper":  # its VJPs ran at t_k + h: v_base(s, x_k, t_k) of k <= K-2 in one batched call
+        vbs = jnp.concatenate([v_base(jnp.broadcast_to(obs, (K - 1,) + obs.shape), xs[:-1],
+                                      jnp.broadcast_to(t[:-1, None, None], (K - 1, B, 1))), vb_last[None]])
+    # v_ft at x_0..x_{K-2} comes from the rollout (with its gradient); only x_{K-1} is new
+    v_ft = jnp.concatenate([v_ft, v(params["policy"])(obs, xs[-1], _tcol(t[-1], xs[-1]))[None]], axis=0)
+    chex.assert_shape([xs, v_ft, vbs, adjs], (K, B, d))
+    dv = v_ft - sg(vbs)
+    am_loss = adjoint_matching_loss(dv, sg(adjs), g2, 1.0)
+    kl = path_kl(sg(dv), g2, h, H)
+
+    metrics = {
+        "critic_loss": critic_loss, "bc_loss": bc_loss, "am_loss": am_loss, "kl": kl, "q_mean": q_pred.mean(),
+        "q_std_members": q_pred.std(0).mean(), "target_mean": y.mean(), "adj_final_norm": jnp.linalg.norm(adj_final, axis=-1).mean(),
+        "adj_0_norm": jnp.linalg.norm(adjs[0], axis=-1).mean(), "action_clip_frac": jnp.mean(jnp.abs(x_final) > 1.0),
+    }
+    if args.edit_scale == 0:  # plain QAM: no edit loss (its gradients would still count in the clipped global norm)
+        return critic_loss + bc_loss + am_loss, metrics
+
+    # the edit (docs/BASELINES.md section 7): maximise the online critic's mean at clip(a~ + sigma_a e), SAC entropy on e
+    k_z, k_e = jax.random.split(k_edit)
+    a_flow = sg(sample_flow(v(params["policy"]), obs, jax.random.normal(k_z, (B, d)), K))
+    a_edit, log_prob = edited_action(nets, params["edit"], obs, a_flow, k_e, args.edit_scale)
+    alpha = nets.alpha.apply({"params": params["edit_alpha"]})
+    q_edit = q(sg(params["critic"]))(obs, a_edit).mean(0)
+    edit_loss = jnp.mean(-q_edit + sg(alpha) * log_prob)
+    alpha_loss = temperature_loss(alpha, log_prob, target_entropy(d))
+    metrics.update(edit_loss=edit_loss, edit_alpha_loss=alpha_loss, edit_alpha=alpha, edit_entropy=-log_prob.mean(),
+                   edit_q_mean=q_edit.mean(), edit_abs=jnp.abs(a_edit - a_flow).mean())
+    return critic_loss + bc_loss + am_loss + edit_loss + alpha_loss, metrics
+
+
+def update(args: Args, nets: Networks, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    """One QAM-E update: a clipped gradient step on L_Q + L_BC + L_AM + L_E, then Polyak targets."""
+    key, rng = jax.random.split(state.rng)
+    (total, m), grads = jax.value_and_grad(loss, has_aux=True)(state.params, state, batch, key, args, nets)
+    updates, opt_state = optimizer(args).update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    # the targets move towards the parameters before this step (the authors' code: a one-step lag)
+    target = {k: polyak(state.params[k], state.target[k], args.tau) for k in ("critic", "base")}
+    m.update(loss=total, grad_norm=optax.tree.norm(grads))
+    return state._replace(params=params, target=target, opt_state=opt_state, rng=rng), m
+
+
+def act(args: Args, nets: Networks, state: TrainState, obs: jax.Array, key: jax.Array) -> jax.Array:
+    """a~ = ODE_vtheta(s, z), e ~ pi_omega(. | s, a~), a = clip(a~ + sigma_a e): one chunk for one observation."""
+    return qam_e_action(args, nets, state.params, obs, key)
+
+
+# ========================================================================================= main
+def main(args: Args) -> list[dict]:
+    """The pipeline: data -> BC flow (2) or a loaded one -> offline QAM-E -> online QAM-E -> summary."""
+    args = resolve_args(args)
+    run = Runner(args, "qam_e")  # data, run directories, resume point; fills the data-dependent defaults
+    args = run.args
+    nets = make_networks(args, run.chunk_dim)
+    flow = run.bc_stage(partial(bc_init, args, nets, run.obs_dim), partial(bc_update, args, nets), partial(flow_act, args, nets))
+    step, actor = partial(update, args, nets), partial(act, args, nets)
+    state = run.offline(partial(init_state, args, nets, run.obs_dim), flow, step, actor)
+    state = run.online(state, step, actor)
+    extra = lambda s: {"inv_temp": jnp.float32(args.inv_temp), "edit_scale": jnp.float32(args.edit_scale),  # noqa: E731
+                       "edit_alpha": nets.alpha.apply({"params": s.params["edit_alpha"]})}
+    return run.finish(state, extra)
+
+
+if __name__ == "__main__":
+    cli(main, Args)

@@ -1,0 +1,55 @@
+"""Every baseline end to end on the real env: BC stage -> offline -> online -> evaluation, then resumed exactly.
+
+One run per script; then its run directory is cut back to an online checkpoint in the middle of the
+online phase, as a run killed right after writing it would be (later checkpoints and the summary gone,
+later CSV rows still there), and the same command is rerun: it must end bit-identical to the uninterrupted
+run. (trqam.py and qam.py are killed for real, with SIGKILL, in test_end_to_end.py and test_online.py.)
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+
+import pytest
+from helpers import ROOT, TINY, assert_trees_equal, last_checkpoint, read_csv, run
+
+from utils import checkpoint
+
+PRE, OFF, ON = 10, 20, 30
+SCRIPTS = [[os.path.relpath(p, ROOT)] for p in sorted(glob.glob(os.path.join(ROOT, "baselines", "*.py")))]
+SCRIPTS = [s for s in SCRIPTS if not s[0].endswith("cgql.py")]
+SCRIPTS += [["baselines/cgql.py", "--guidance", g] for g in ("simple", "mse", "linex")]
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: " ".join(s).replace("baselines/", ""))
+def test_baseline_pipeline_and_exact_resume(script, tiny_dataset, tmp_path):
+    pre = 0 if script[0].endswith("rebrac.py") else PRE  # ReBRAC is Gaussian: no BC stage
+    cmd = [*script[1:], *TINY, "--dataset-path", tiny_dataset, "--pretrain-steps", str(pre), "--offline-steps", str(OFF),
+           "--online-steps", str(ON), "--start-training", "10", "--online-max-episode-steps", "23", "--log-interval", "10",
+           "--eval-interval", "20", "--checkpoint-interval", "10", "--eval-episodes", "1"]
+    ref = str(tmp_path / "ref")
+    run(script[0], *cmd, "--run-dir", ref)
+    train, ev = read_csv(os.path.join(ref, "train.csv")), read_csv(os.path.join(ref, "eval.csv"))
+    assert {r["phase"] for r in train} == ({"offline", "online"} | ({"pretrain"} if pre else set()))
+    assert [(r["phase"], int(r["phase_step"])) for r in ev] == [("offline", 0), ("offline", OFF), ("online", 20), ("online", ON)]
+    assert os.path.exists(os.path.join(ref, "pretrained.msgpack")) == bool(pre)
+    summary = json.load(open(os.path.join(ref, "summary.json")))
+    assert summary["steps"] == pre + OFF + ON and 0.0 <= summary["final_success"] <= 1.0
+    assert len(read_csv(os.path.join(ref, "online_episodes.csv"))) == ON // 23
+
+    killed = str(tmp_path / "killed")
+    shutil.copytree(ref, killed)
+    cut = pre + OFF + 10  # an online checkpoint, mid-episode
+    for s in checkpoint.steps(os.path.join(killed, "checkpoints")):
+        if s > cut:
+            os.remove(checkpoint.step_path(os.path.join(killed, "checkpoints"), s))
+    os.remove(os.path.join(killed, "summary.json"))
+    run(script[0], *cmd, "--run-dir", killed)
+    a, b = last_checkpoint(ref), last_checkpoint(killed)
+    assert a["meta"] == b["meta"] and a["meta"]["phase"] == "online"
+    assert_trees_equal(a["tree"], b["tree"])
+    for f in ("train.csv", "eval.csv", "online_episodes.csv"):
+        assert read_csv(os.path.join(ref, f)) == read_csv(os.path.join(killed, f)), f
