@@ -14,6 +14,8 @@ the critic start from random weights. What is not the method is utils/runner.py.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -25,8 +27,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from utils.args import RunArgs, check, cli, domain_of, fill_defaults, preset
-from utils.runner import Runner
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+
+from utils.args import RunArgs, check, cli, domain_of, fill_defaults, preset  # noqa: E402
+from utils.runner import Runner  # noqa: E402
 
 
 # ========================================================================================= Args

@@ -18,6 +18,8 @@ docs/BASELINES.md section 0.6); the critic and V start from random weights eithe
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -29,8 +31,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from utils.args import RunArgs, check, cli, domain_of, fill_defaults, preset
-from utils.runner import Runner
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+
+from utils.args import RunArgs, check, cli, domain_of, fill_defaults, preset  # noqa: E402
+from utils.runner import Runner  # noqa: E402
 
 
 # ========================================================================================= Args
