@@ -8,9 +8,10 @@ presets section 10); equation numbers (N) refer to docs/METHOD.md. Read top to b
 presets, networks, the equations, the BC stage, the IFQL update and actor, main(). What is not the
 method is utils/runner.py.
 
-The BC checkpoint is loaded into v_beta here, as for every flow baseline. The authors' loader silently
-skips IFQL (it looks for a module their IFQL does not have and goes on with a random flow,
-docs/BASELINES.md section 0.6); the critic and V start from random weights either way.
+The BC checkpoint is loaded into v_beta here, as for every flow baseline. The authors' loader skips
+IFQL without failing: it looks only for a module name their IFQL does not have, prints that it could not
+load, and trains from a random flow (docs/BASELINES.md section 0.6). The critic and V start from random
+weights either way.
 
     python baselines/ifql.py --env-id cube-double-play --task-id 2 --offline-steps 1000000
     python baselines/ifql.py --env-id humanoidmaze-medium-navigate --task-id 1 --offline-steps 1000000 --online-steps 500000
