@@ -24,9 +24,11 @@ from experiments import plan
 from experiments.runner import ROOT, RunCrashed, run_job
 from utils.errors import UserError
 
-# the driver's settings that the runs should see wherever Ray places them
+# the driver's settings that the runs should see wherever Ray places them (JAX_COMPILATION_CACHE_DIR: runs of the
+# same shapes compile once per sweep; docs/EXPERIMENTS.md)
 FORWARD_ENV = ("MUJOCO_GL", "PYOPENGL_PLATFORM", "WANDB_MODE", "WANDB_DIR", "XLA_FLAGS", "JAX_PLATFORMS",
-               "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE")
+               "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE", "JAX_COMPILATION_CACHE_DIR",
+               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -87,14 +89,11 @@ def connect(address: str | None) -> bool:
     """Join ``address`` or start a local cluster (not when Ray is already initialised); True if we started Ray."""
     import ray
 
+    resolved = resolve_address(address) if address is not None else None
     if ray.is_initialized():
         return False
-    kw = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-              runtime_env={"env_vars": {"PYTHONPATH": ROOT}})
-    if address is None:
-        ray.init(**kw)
-    else:
-        ray.init(address=resolve_address(address), **kw)
+    ray.init(address=resolved, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+             runtime_env={"env_vars": {"PYTHONPATH": ROOT}})
     return True
 
 
