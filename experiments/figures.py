@@ -61,7 +61,8 @@ def success_curves(runs: list[Run], path: str, reps: int) -> bool:
             n = min(len(v) for v in by_task.values())
             if not xs:
                 continue
-            arr = np.array([[[curve(r)[x] for x in xs] for r in sorted(v, key=lambda r: r.seed)[:n]] for v in by_task.values()])
+            curves = {r.dir: curve(r) for r in group}
+            arr = np.array([[[curves[r.dir][x] for x in xs] for r in sorted(v, key=lambda r: r.seed)[:n]] for v in by_task.values()])
             arr = arr.transpose(1, 0, 2)  # (runs, tasks, steps)
             point, ci = interval_estimates({algo: arr}, lambda s: s.mean(axis=(0, 1)), reps)
             line, = ax.plot(xs, 100 * point[algo], marker="o" if len(xs) < 15 else None, ms=3, label=method_name(algo))
@@ -98,8 +99,9 @@ def aggregate_bars(agg: Aggregates, path: str) -> None:
 
 def trust_region(runs: list[Run], path: str) -> bool:
     """TRQAM's lambda and path KL (estimate and EMA) against the budget over steps, one row per domain:
-    the mean over runs, and the band between the lowest and highest run."""
-    rows_of = {r.dir: [t for t in r.train_rows() if t.get("phase") != "pretrain" and "lam" in t] for r in runs if r.algo == "trqam"}
+    the mean over runs and the band of the middle half of the runs (25th-75th percentile)."""
+    rows_of = {r.dir: {t["step"]: t for t in r.train_rows() if t.get("phase") != "pretrain" and "lam" in t}
+               for r in runs if r.algo == "trqam"}
     runs = [r for r in runs if rows_of.get(r.dir)]
     domains = domain_order({r.domain for r in runs})
     if not domains:
@@ -109,11 +111,11 @@ def trust_region(runs: list[Run], path: str) -> bool:
     for (ax_l, ax_k), dom in zip(axes, domains, strict=True):
         group = [rows_of[r.dir] for r in runs if r.domain == dom]
         pre = {r.dir: r.pretrain_steps for r in runs}
-        steps = sorted(set.intersection(*(set(t["step"] for t in g) for g in group)))
+        steps = sorted(set.intersection(*(set(g) for g in group)))
         x = np.array(steps) - min(pre[r.dir] for r in runs if r.domain == dom)
 
         def series(key: str) -> np.ndarray | None:
-            vals = [[next(t[key] for t in g if t["step"] == s) for s in steps] for g in group if all(key in t for t in g)]
+            vals = [[g[s][key] for s in steps] for g in group if all(key in g[s] for s in steps)]
             return np.array(vals) if vals else None
 
         for ax, keys in ((ax_l, ("lam", "lam_eff")), (ax_k, ("kl", "kl_avg", "kl_budget"))):
@@ -122,9 +124,10 @@ def trust_region(runs: list[Run], path: str) -> bool:
                 if v is None:
                     continue
                 style = dict(color="k", ls=":") if key == "kl_budget" else {}
-                line, = ax.plot(x, v.mean(0), label=f"{key} (budget)" if key == "kl_budget" else key, **style)
+                line, = ax.plot(x, v.mean(0), label="budget ε" if key == "kl_budget" else key, **style)
                 if len(v) > 1 and key != "kl_budget":
-                    ax.fill_between(x, v.min(0), v.max(0), color=line.get_color(), alpha=0.15)
+                    lo, hi = np.percentile(v, [25, 75], axis=0)
+                    ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         ax_l.set(title=f"{dom}: trust-region parameter λ ({len(group)} runs)", xlabel="fine-tuning step", yscale="log")

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from experiments import figures
+from experiments import figures, results
 from experiments.results import (
     Reported,
     Run,
@@ -71,7 +71,7 @@ def write_results_csv(runs: list[Run], root: str) -> str:
     return path
 
 
-def write_report(path: str, note: str = "", reps: int = 2000, baselines_doc: str = DEFAULT_DOC) -> str:
+def write_report(path: str, note: str = "", reps: int = 2000, baselines_doc: str = DEFAULT_DOC, poi_reps: int = 500) -> str:
     """Write report.md, results.csv and figures/ into ``path`` (a sweep directory or one run directory);
     return the report.md path."""
     if not os.path.isdir(path):
@@ -84,7 +84,7 @@ def write_report(path: str, note: str = "", reps: int = 2000, baselines_doc: str
     runs = load_runs(path)
     if not runs:
         raise UserError(f"{path} holds no run directories (none with args.json, summary.json or eval.csv)")
-    return sweep_report(path, runs, note, reps, parse_reported(baselines_doc))
+    return sweep_report(path, runs, note, reps, poi_reps, parse_reported(baselines_doc))
 
 
 # ----------------------------------------------------------------------------------- one run
@@ -139,7 +139,7 @@ def setting_line(runs: list[Run]) -> str:
             f"final numbers from the {vals(lambda r: r.phase)} phase")
 
 
-def sweep_report(root: str, runs: list[Run], note: str, reps: int, reported: list[Reported]) -> str:
+def sweep_report(root: str, runs: list[Run], note: str, reps: int, poi_reps: int, reported: list[Reported]) -> str:
     t0 = time.time()
     scores = collect_scores(runs)
     finished = [r for r in runs if r.finished]
@@ -154,7 +154,7 @@ def sweep_report(root: str, runs: list[Run], note: str, reps: int, reported: lis
               f"Setting: {setting_line([r for r in finished if r.algo != 'bc'] or runs)}. BC is the pretrained flow, evaluated "
               "by its BC run (or by the fine-tuning runs at their offline step 0).", ""]
 
-    agg = aggregates(scores, reps=reps) if scores else None
+    agg = aggregates(scores, reps=reps, poi_reps=poi_reps) if scores else None
     lines += ["## Aggregate final success (rliable)", ""]
     if agg is None:
         lines += ["No task has a finished run of every method: no aggregate.", ""]
@@ -166,7 +166,8 @@ def sweep_report(root: str, runs: list[Run], note: str, reps: int, reported: lis
                          pct(agg.point[a][1]), f"[{pct(agg.ci[a][0][1])}, {pct(agg.ci[a][1][1])}]", str(agg.runs[a])]
                         for a in method_order(agg.point)])
         if agg.poi:
-            lines += ["", "Probability that TRQAM beats each method on a task (one random run of each; ties count half):", ""]
+            lines += ["", "Probability that TRQAM beats each method on a task (one random run of each; ties count half; "
+                      f"{agg.poi_reps} resamples):", ""]
             lines += table(["method", "P(TRQAM > method)", "95% CI"],
                            [[method_name(a), f"{p:.2f}", f"[{c[0]:.2f}, {c[1]:.2f}]"] for a, (p, c) in agg.poi.items()])
         figures.aggregate_bars(agg, os.path.join(fig_dir, "aggregate.png"))
@@ -193,7 +194,8 @@ def sweep_report(root: str, runs: list[Run], note: str, reps: int, reported: lis
     lines += table(["method"] + cols + ["all"], rows) + [""]
 
     lines += ["## Per task", "", "mean ± std (n seeds); runs not finished are counted beside.", ""]
-    keys = sorted({(r.env, r.task) for r in runs})
+    doms = domain_order({r.domain for r in runs})
+    keys = sorted({(r.env, r.task) for r in runs}, key=lambda k: (doms.index(results.DOMAIN_COLUMNS.get(k[0], k[0])), k))
     open_count: dict[tuple[str, str, int], int] = {}
     for r in unfinished:
         open_count[(r.algo, r.env, r.task)] = open_count.get((r.algo, r.env, r.task), 0) + 1
@@ -215,7 +217,7 @@ def sweep_report(root: str, runs: list[Run], note: str, reps: int, reported: lis
         lines += ["Success vs fine-tuning step per domain (finished runs; mean over seeds and tasks, 95% bootstrap band):", "",
                   "![success curves](figures/success_curves.png)", ""]
     if figures.trust_region(runs, os.path.join(fig_dir, "trqam_trust_region.png")):
-        lines += ["TRQAM's λ and path KL (estimate `kl`, EMA `kl_avg`) against its budget (mean over runs, band min–max):", "",
+        lines += ["TRQAM's λ and path KL (estimate `kl`, EMA `kl_avg`) against its budget (mean over runs, band 25–75% of runs):", "",
                   "![TRQAM trust region](figures/trqam_trust_region.png)", ""]
 
     lines += ["## Runs not finished", ""]
@@ -243,13 +245,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dirs", nargs="+", help="sweep directories or run directories")
-    p.add_argument("--reps", type=int, default=2000, help="bootstrap resamples of the CIs (default 2000)")
+    p.add_argument("--reps", type=int, default=2000, help="bootstrap resamples of the IQM / mean CIs (default 2000)")
+    p.add_argument("--poi-reps", type=int, default=500,
+                   help="resamples of the probability-of-improvement CIs (default 500; each costs a Mann-Whitney U per task and method)")
     p.add_argument("--baselines-doc", default=DEFAULT_DOC, help="markdown with the reported numbers (default docs/BASELINES.md)")
     p.add_argument("--note", default="", help="a paragraph put under the title")
     a = p.parse_args(argv)
     try:
         for d in a.dirs:
-            print(write_report(d, a.note, a.reps, a.baselines_doc))
+            print(write_report(d, a.note, a.reps, a.baselines_doc, a.poi_reps))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -223,6 +223,7 @@ class Aggregates:
     ci: dict[str, np.ndarray]  # algo -> (2 lower/upper, 2 metrics)
     poi: dict[str, tuple[float, np.ndarray]]  # other algo -> P(TRQAM > other), its CI (2,)
     reps: int
+    poi_reps: int
 
 
 def score_matrices(scores: Scores, algos: list[str]) -> tuple[list[tuple[str, int]], dict[str, np.ndarray]]:
@@ -246,7 +247,7 @@ def interval_estimates(score_dict: dict, func, reps: int, seed: int = 0) -> tupl
         return rly.get_interval_estimates(score_dict, func, reps=reps, random_state=np.random.RandomState(seed))
 
 
-def aggregates(scores: Scores, reps: int = 2000, seed: int = 0) -> Aggregates | None:
+def aggregates(scores: Scores, reps: int = 2000, poi_reps: int = 500, seed: int = 0) -> Aggregates | None:
     """IQM and mean over all runs of the tasks common to every method, 95% stratified-bootstrap CIs
     (runs resampled within each task), and P(TRQAM > X) with its CI (rliable)."""
     from rliable import metrics
@@ -263,9 +264,9 @@ def aggregates(scores: Scores, reps: int = 2000, seed: int = 0) -> Aggregates | 
     poi = {}
     if "trqam" in mats and len(algos) > 1:
         pairs = {f"trqam,{a}": (mats["trqam"], mats[a]) for a in algos if a != "trqam"}
-        p, c = interval_estimates(pairs, metrics.probability_of_improvement, reps, seed)
+        p, c = interval_estimates(pairs, metrics.probability_of_improvement, poi_reps, seed)  # a Mann-Whitney U per task: slow
         poi = {k.split(",", 1)[1]: (float(p[k]), np.asarray(c[k]).reshape(2)) for k in pairs}
-    return Aggregates(tasks, {a: m.shape[0] for a, m in mats.items()}, point, ci, poi, reps)
+    return Aggregates(tasks, {a: m.shape[0] for a, m in mats.items()}, point, ci, poi, reps, poi_reps)
 
 
 # ------------------------------------------------------------------------- reported numbers

@@ -218,7 +218,7 @@ def test_report_of_the_tiny_sweep(sweep_a, tmp_path):
     doc = tmp_path / "BASELINES.md"
     doc.write_text("# x\n\n## Reported results\n\n<!-- reported: fixture offline seeds=8 -->\n\n| method | c2 | all |\n|---|---|---|\n"
                    "| TRQAM | 81±3 | 81 |\n")
-    assert report.main([out, "--reps", "200", "--baselines-doc", str(doc)]) == 0
+    assert report.main([out, "--reps", "200", "--poi-reps", "100", "--baselines-doc", str(doc)]) == 0
     md = open(os.path.join(out, "report.md")).read()
     assert "## Per domain (the paper's layout)" in md and "| method | cube-single-play | all |" in md
     assert "| method | IQM | 95% CI | mean | 95% CI | runs per task |" in md and "P(TRQAM > method)" in md
@@ -277,7 +277,7 @@ def test_aggregates_match_a_hand_computation(tmp_path):
     assert dom["qam"]["all"][0] == pytest.approx(0.425)
     assert dom["bc"]["c2"] == pytest.approx((0.2125, 0.0)) and dom["bc"]["all"][0] == pytest.approx((0.2125 + 0.2) / 2)
 
-    agg = results.aggregates(scores, reps=300)
+    agg = results.aggregates(scores, reps=300, poi_reps=300)
     assert len(agg.tasks) == 3 and agg.runs == {"bc": 3, "qam": 3, "trqam": 3}
     # IQM of 9 runs = mean of the middle 5 after sorting; mean = sum / 9
     assert agg.point["trqam"] == pytest.approx([(0.5 + 0.6 + 0.7 + 0.8 + 0.9) / 5, 6.0 / 9])
