@@ -227,8 +227,8 @@ def sweep_report(root: str, runs: list[Run], note: str, reps: int, poi_reps: int
             last = r.evals[-1] if r.evals else {}
             rows.append([os.path.relpath(r.dir, root), method_name(r.algo), f"{r.env} task{r.task}", str(r.seed),
                          str(r.last_step if r.last_step is not None else "–"),
-                         f"{pct(last['success'])}% at step {last['step']:.0f}" if "success" in last else "–"])
-        lines += table(["run dir", "method", "task", "seed", "last logged step", "last evaluation"], rows)
+                         f"{pct(last['success'])}% at step {last['step']:.0f}" if "success" in last else "–", r.attempt or "–"])
+        lines += table(["run dir", "method", "task", "seed", "last logged step", "last evaluation", "last attempt"], rows)
     else:
         lines += ["None."]
     no_eval = [r for r in finished if r.success is None]

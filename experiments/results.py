@@ -13,9 +13,13 @@ import json
 import math
 import os
 import re
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from experiments.plan import flag_values
+from experiments.runner import CMD_FILE, describe_exit
 
 # OGBench short env -> the paper's column; other envs keep their own name, after these
 DOMAIN_COLUMNS = {
@@ -44,6 +48,7 @@ class Run:
     online_steps: int
     pretrain_steps: int  # global steps before fine-tuning: curves use step - pretrain_steps
     last_step: int | None
+    attempt: str = ""  # how the sweep's last attempt ended (results.last_attempt)
     evals: list[dict] = field(default_factory=list)
     args: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
@@ -99,7 +104,38 @@ def _json(path: str) -> dict:
 
 
 def is_run_dir(d: str) -> bool:
-    return any(os.path.exists(os.path.join(d, f)) for f in ("args.json", "summary.json", "eval.csv"))
+    """A run's files, or a sweep's record of a run it started (``sweep_cmd.json``: a run that failed before
+    writing anything still counts, as not finished)."""
+    return any(os.path.exists(os.path.join(d, f)) for f in ("args.json", "summary.json", "eval.csv", CMD_FILE))
+
+
+def args_from_command(argv: list[str]) -> dict:
+    """``--task-id 2 --actor-hidden-dims 32 32`` -> ``{"task_id": 2, "actor_hidden_dims": [32, 32]}``."""
+    def num(v: str):
+        for t in (int, float):
+            try:
+                return t(v)
+            except ValueError:
+                pass
+        return v
+
+    return {k[2:].replace("-", "_"): num(v[0]) if len(v) == 1 else [num(x) for x in v]
+            for k, v in flag_values(argv).items() if k}
+
+
+def last_attempt(d: str) -> str:
+    """How the sweep's last attempt at a run ended ('' when the sweep kept no record here)."""
+    path = os.path.join(d, "attempts.jsonl")
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        events = [json.loads(line) for line in f if line.strip()]
+    if not events:
+        return ""
+    if events[-1]["event"] == "start":
+        return f"started {time.strftime('%Y-%m-%d %H:%M', time.localtime(events[-1]['time']))}, running or interrupted"
+    rc = events[-1]["returncode"]
+    return "exited 0" if rc == 0 else f"failed: {describe_exit(rc)}"
 
 
 def find_run_dirs(root: str) -> list[str]:
@@ -128,6 +164,8 @@ def load_run(d: str) -> Run | None:
     from utils import data as datalib
 
     args, summary = _json(os.path.join(d, "args.json")), _json(os.path.join(d, "summary.json"))
+    if not args and os.path.exists(os.path.join(d, CMD_FILE)):  # started by a sweep, wrote nothing yet
+        args = args_from_command(_json(os.path.join(d, CMD_FILE)).get("key", []))
     env_name = summary.get("env")
     if not env_name and args.get("env_id"):
         try:
@@ -155,7 +193,7 @@ def load_run(d: str) -> Run | None:
         success=None if success is None or not math.isfinite(float(success)) else float(success),
         bc_success=float(bc_row["success"]) if bc_row is not None and from_flow else None,
         phase="online" if online > 0 else "offline", offline_steps=summary.get("offline_steps", args.get("offline_steps")),
-        online_steps=online, pretrain_steps=int(pre), last_step=summary.get("steps", train_last), evals=evals,
+        online_steps=online, pretrain_steps=int(pre), last_step=summary.get("steps", train_last), attempt=last_attempt(d), evals=evals,
         args=args, summary=summary,
     )
 

@@ -187,7 +187,7 @@ def drive(o: argparse.Namespace, jobs: list[plan.Job]) -> int:
         finally:
             if started:
                 ray.shutdown()
-    if not o.no_report:
+    if not o.no_report and code != 130:
         try:
             from experiments.report import write_report
 

@@ -169,6 +169,8 @@ def test_user_error_is_reported_once_and_not_retried(ray_cluster, tmp_path):
     assert [e["event"] for e in events(bc)] == ["start", "end"] and events(bc)[-1]["returncode"] == 2
     assert "skipped trqam/cube-single-play-task1/seed0: bc/cube-single-play-task1/seed0 did not finish (user_error)" in err
     assert not os.path.exists(os.path.join(out, "trqam"))
+    md = open(report.write_report(out, reps=50, poi_reps=50)).read()  # the failed run is listed, not dropped
+    assert "| bc/cube-single-play-task1/seed0 | BC | cube-single-play task1 | 0 | – | – | failed: exit code 2 |" in md
 
 
 def test_dry_run_prints_the_grouped_plan(data_dir, tmp_path, capsys):
