@@ -110,20 +110,16 @@ def trust_region(runs: list[Run], path: str) -> bool:
     fig, axes = plt.subplots(len(domains), 2, figsize=(11, 3.2 * len(domains)), squeeze=False)
     for (ax_l, ax_k), dom in zip(axes, domains, strict=True):
         group = [rows_of[r.dir] for r in runs if r.domain == dom]
-        pre = {r.dir: r.pretrain_steps for r in runs}
-        steps = sorted(set.intersection(*(set(g) for g in group)))
-        x = np.array(steps) - min(pre[r.dir] for r in runs if r.domain == dom)
-
-        def series(key: str) -> np.ndarray | None:
-            vals = [[g[s][key] for s in steps] for g in group if all(key in g[s] for s in steps)]
-            return np.array(vals) if vals else None
+        pre = min(r.pretrain_steps for r in runs if r.domain == dom)
 
         for ax, keys in ((ax_l, ("lam", "lam_eff")), (ax_k, ("kl", "kl_avg", "kl_budget"))):
-            for key in keys:
-                v = series(key)
-                if v is None:
+            for key in keys:  # the steps where every run logged the key (online rows may lack kl)
+                steps = sorted(set.intersection(*({s for s, t in g.items() if key in t} for g in group)))
+                if not steps:
                     continue
+                v = np.array([[g[s][key] for s in steps] for g in group])
                 style = dict(color="k", ls=":") if key == "kl_budget" else {}
+                x = np.array(steps) - pre
                 line, = ax.plot(x, v.mean(0), label="budget ε" if key == "kl_budget" else key, **style)
                 if len(v) > 1 and key != "kl_budget":
                     lo, hi = np.percentile(v, [25, 75], axis=0)
@@ -148,22 +144,18 @@ def run_curves(run: Run, path: str) -> None:
     ax.plot(list(c), [100 * v for v in c.values()], "o-")
     ax.set(title=f"{method_name(run.algo)}: evaluation success", xlabel="fine-tuning step", ylabel="success (%)", ylim=(-3, 103))
     if has_tr:
-        x = [t["step"] - run.pretrain_steps for t in train]
-        ax = axes[0][1]
-        for key in ("lam", "lam_eff"):
-            if all(key in t for t in train):
-                ax.plot(x, [t[key] for t in train], label=key)
-        ax.set(title="trust-region parameter λ", xlabel="fine-tuning step", yscale="log")
-        ax.legend()
-        ax = axes[0][2]
-        for key in ("kl", "kl_avg"):
-            if all(key in t for t in train):
-                ax.plot(x, [t[key] for t in train], label=key)
-        if all("kl_budget" in t for t in train):
-            ax.plot(x, [t["kl_budget"] for t in train], "k:", label="budget")
-        ax.set(title="path KL to the pretrained policy, per env step", xlabel="fine-tuning step")
-        ax.legend()
+        for ax, keys in ((axes[0][1], ("lam", "lam_eff")), (axes[0][2], ("kl", "kl_avg", "kl_budget"))):
+            for key in keys:  # online rows may lack a key (e.g. kl): each over the rows that have it
+                rows = [t for t in train if key in t]
+                if rows:
+                    ax.plot([t["step"] - run.pretrain_steps for t in rows], [t[key] for t in rows],
+                            *(["k:"] if key == "kl_budget" else []), label="budget ε" if key == "kl_budget" else key)
+            ax.legend()
+        axes[0][1].set(title="trust-region parameter λ", xlabel="fine-tuning step", yscale="log")
+        axes[0][2].set(title="path KL to the pretrained policy, per env step", xlabel="fine-tuning step")
     for a in axes[0]:
         a.grid(alpha=0.3)
+        if run.online_steps and run.offline_steps is not None:
+            a.axvline(run.offline_steps, color="gray", ls="--", lw=0.8)  # offline -> online
     fig.tight_layout()
     _save(fig, path)
