@@ -41,13 +41,13 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 def error_line(stderr: str) -> str:
     """The one line that says what went wrong: the last ``error...`` line (tyro's in its frame too), else
-    the first ``name: message`` line, else the last line."""
+    the last ``name: message`` line (a Python exception), else the last line."""
     lines = [ln.strip(BOX) for ln in stderr.splitlines()]
     lines = [ln for ln in lines if ln]
     for ln in reversed(lines):
         if ln.lower().startswith("error"):
             return ln
-    return next((ln for ln in lines if ": " in ln), lines[-1] if lines else "(no message on stderr)")
+    return next((ln for ln in reversed(lines) if ": " in ln), lines[-1] if lines else "(no message on stderr)")
 
 
 def describe_exit(rc: int) -> str:
@@ -89,7 +89,6 @@ def run_job(spec: dict, tracker=None, *deps: dict) -> dict:
         write_json(os.path.join(run_dir, CMD_FILE), {"key": key, "argv": argv, "job": spec["id"], "cwd": ROOT})
     attempts = os.path.join(log_dir, "attempts.jsonl")
     err_path = os.path.join(log_dir, "stderr.log")
-    offset = os.path.getsize(err_path) if os.path.exists(err_path) else 0
     t0 = time.time()
     with open(os.path.join(log_dir, "stdout.log"), "ab") as out, open(err_path, "ab") as err:
         header = f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} on {socket.gethostname()}: {shlex.join(argv)}\n".encode()
@@ -97,6 +96,7 @@ def run_job(spec: dict, tracker=None, *deps: dict) -> dict:
         err.write(header)
         out.flush()
         err.flush()
+        offset = err.tell()  # this attempt's stderr starts here
         p = subprocess.Popen(argv, cwd=ROOT, env=child_env(spec["env"], spec["num_gpus"]), stdout=out, stderr=err,
                              stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         _append_jsonl(attempts, {"event": "start", "time": t0, "pid": p.pid, "host": socket.gethostname()})

@@ -182,8 +182,11 @@ def drive(o: argparse.Namespace, jobs: list[plan.Job]) -> int:
             where = check_resources(todo)
             stages = ", ".join(f"{sum(j.stage == s for j in todo)} {s}" for s in ("datagen", "bc", "finetune"))
             log(f"{len(jobs)} runs: {len(todo)} to run ({stages}), {skipped} already finished (skipped) | Ray: {where} | {out}")
-            code = follow(o, todo, skipped)
-            log(f"{'finished' if code == 0 else 'ended'} in {fmt_duration(time.time() - t0)}")
+            code, prog = follow(o, todo, skipped)
+            st = [r["status"] for r in prog.results.values()]
+            log(f"{'finished' if code == 0 else 'ended'} in {fmt_duration(time.time() - t0)}: {st.count('ok')} done, "
+                f"{len(st) - st.count('ok') - st.count('skipped')} failed, {st.count('skipped')} skipped, "
+                f"{len(todo) - len(st)} not run; {skipped} were already finished")
         finally:
             if started:
                 ray.shutdown()
@@ -197,7 +200,7 @@ def drive(o: argparse.Namespace, jobs: list[plan.Job]) -> int:
     return code
 
 
-def follow(o: argparse.Namespace, todo: list[plan.Job], skipped: int) -> int:
+def follow(o: argparse.Namespace, todo: list[plan.Job], skipped: int) -> tuple[int, Progress]:
     import ray
 
     env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
@@ -210,6 +213,7 @@ def follow(o: argparse.Namespace, todo: list[plan.Job], skipped: int) -> int:
                                                                                     *(refs[d] for d in j.deps))
     prog = Progress(todo, skipped)
     by_ref = {r: i for i, r in refs.items()}
+    order = {j.id: k for k, j in enumerate(todo)}  # dependencies first: a failure is reported before its dependents
     left, last_line, announced = set(refs.values()), time.time(), {}
     try:
         while left:
@@ -220,7 +224,7 @@ def follow(o: argparse.Namespace, todo: list[plan.Job], skipped: int) -> int:
                     announced[i] = len(ts)
                     log(f"restarted {i} (attempt {len(ts)} of {o.max_retries + 1}): the last attempt crashed or lost its "
                         "worker; it resumes from its newest checkpoint")
-            for r in ready:
+            for r in sorted(ready, key=lambda r: order[by_ref[r]]):
                 left.discard(r)
                 i = by_ref[r]
                 res = collect(r, i, prog)
@@ -232,8 +236,8 @@ def follow(o: argparse.Namespace, todo: list[plan.Job], skipped: int) -> int:
                 last_line = time.time()
     except KeyboardInterrupt:
         log("interrupted: rerun the same command to resume (finished runs are kept, the others resume from their checkpoints)")
-        return 130
-    return 0 if all(r["status"] == "ok" for r in prog.results.values()) else 1
+        return 130, prog
+    return (0 if all(r["status"] == "ok" for r in prog.results.values()) else 1), prog
 
 
 def collect(ref, job_id: str, prog: Progress) -> dict:

@@ -17,7 +17,7 @@ import pytest
 from conftest import write_random_dataset
 from helpers import ROOT, assert_trees_equal, last_checkpoint, read_csv
 
-from experiments import plan, report, results, sweep
+from experiments import plan, report, results, runner, sweep
 
 TINY = ["--actor-hidden-dims", "32", "32", "--value-hidden-dims", "32", "32", "--num-qs", "2", "--batch-size", "16",
         "--flow-steps", "4", "--eval-episodes", "1", "--offline-steps", "60", "--log-interval", "20", "--eval-interval", "20",
@@ -171,6 +171,31 @@ def test_user_error_is_reported_once_and_not_retried(ray_cluster, tmp_path):
     assert not os.path.exists(os.path.join(out, "trqam"))
     md = open(report.write_report(out, reps=50, poi_reps=50)).read()  # the failed run is listed, not dropped
     assert "| bc/cube-single-play-task1/seed0 | BC | cube-single-play task1 | 0 | – | – | failed: exit code 2 |" in md
+
+
+@pytest.mark.parametrize("code, expect", [
+    ("import sys; sys.stderr.write('warming up\\nerror: --batch-size must be positive\\n'); sys.exit(2)",
+     ("user_error", "error: --batch-size must be positive")),
+    ("import sys; sys.stderr.write('\u2502 Error parsing --batch-size: invalid literal \u2502\\n'); sys.exit(2)",  # tyro's frame
+     ("user_error", "Error parsing --batch-size: invalid literal")),
+    ("import sys; sys.stderr.write('Traceback ...\\nZeroDivisionError: division by zero\\n'); sys.exit(1)",
+     (runner.RunCrashed, "exit code 1: ZeroDivisionError: division by zero")),
+    ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", (runner.RunCrashed, "killed by SIGKILL")),
+    ("pass", ("failed", "exited 0 but did not write")),
+])
+def test_runner_classifies_how_a_run_ends(code, expect, tmp_path):
+    """Exit 2: a user error with its line (no retry); a crash or a signal: RunCrashed (Ray retries); exit 0
+    without the promised files: a failure."""
+    spec = {"id": "x", "argv": ["-c", code], "log_dir": str(tmp_path), "keys": {}, "outputs": [str(tmp_path / "summary.json")],
+            "num_gpus": 0, "env": {}}
+    kind, msg = expect
+    if isinstance(kind, type):
+        with pytest.raises(kind, match=msg):
+            runner.run_job(spec)
+    else:
+        res = runner.run_job(spec)
+        assert res["status"] == kind and res["message"].startswith(msg), res
+    assert [e["event"] for e in events(str(tmp_path))] == ["start", "end"]
 
 
 def test_dry_run_prints_the_grouped_plan(data_dir, tmp_path, capsys):
