@@ -87,13 +87,24 @@ def resolve_address(address: str) -> str:
 
 def connect(address: str | None) -> bool:
     """Join ``address`` or start a local cluster (not when Ray is already initialised); True if we started Ray."""
+    has_token = any(os.environ.get(k) for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")) or os.path.exists(
+        os.path.expanduser("~/.ray/auth_token"))
+    if address is not None and has_token and "RAY_AUTH_MODE" not in os.environ and "ray" not in sys.modules:
+        os.environ["RAY_AUTH_MODE"] = "token"  # `ray start` clusters authenticate by default; a token client joins either kind
     import ray
 
     resolved = resolve_address(address) if address is not None else None
     if ray.is_initialized():
         return False
-    ray.init(address=resolved, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-             runtime_env={"env_vars": {"PYTHONPATH": ROOT}})
+    try:
+        ray.init(address=resolved, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                 runtime_env={"env_vars": {"PYTHONPATH": ROOT}})
+    except (ConnectionError, RuntimeError, ray.exceptions.RayError) as e:
+        if resolved is None:
+            raise
+        why = str(e).strip().splitlines()[0]
+        raise UserError(f"--address {address}: could not join the Ray cluster at {resolved} ({why}); with token authentication "
+                        "this machine needs the cluster's token (~/.ray/auth_token or RAY_AUTH_TOKEN)") from None
     return True
 
 
@@ -167,8 +178,6 @@ class Progress:
 
 def drive(o: argparse.Namespace, jobs: list[plan.Job]) -> int:
     """Submit every job not done as a Ray task (dependencies as object refs) and follow them to the end."""
-    import ray
-
     t0 = time.time()
     todo = [j for j in jobs if not j.done]
     skipped = len(jobs) - len(todo)
@@ -189,6 +198,8 @@ def drive(o: argparse.Namespace, jobs: list[plan.Job]) -> int:
                 f"{len(todo) - len(st)} not run; {skipped} were already finished")
         finally:
             if started:
+                import ray  # imported by connect(), after it chose the authentication mode
+
                 ray.shutdown()
     if not o.no_report and code != 130:
         try:
