@@ -1,0 +1,379 @@
+"""Read run directories and compute a sweep's numbers: per task, per domain (the paper's layout), and the
+rliable aggregates (IQM and mean with stratified-bootstrap CIs, probability of improvement).
+
+A run is identified by its ``args.json`` / ``summary.json``, not by its path: the algorithm is the
+summary's ``algorithm`` (or ``--exp-name``), a run with no fine-tuning steps is BC, and CGQL's guidance
+picks CGQL / CGQL-M / CGQL-L. Scores are success rates in [0, 1].
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from experiments.plan import flag_values
+from experiments.runner import CMD_FILE, describe_exit
+
+# OGBench short env -> the paper's column; other envs keep their own name, after these
+DOMAIN_COLUMNS = {
+    "antmaze-large-navigate": "al", "antmaze-giant-navigate": "ag", "humanoidmaze-medium-navigate": "hm",
+    "humanoidmaze-large-navigate": "hl", "scene-play": "scene", "puzzle-3x3-play": "p33", "puzzle-4x4-play": "p44",
+    "cube-double-play": "c2", "cube-triple-play": "c3", "cube-quadruple-play": "c4",
+}
+PAPER_COLUMNS = list(DOMAIN_COLUMNS.values())
+METHOD_NAMES = {"bc": "BC", "rebrac": "ReBRAC", "fql": "FQL", "cgql": "CGQL", "cgql-m": "CGQL-M", "cgql-l": "CGQL-L",
+                "dsrl": "DSRL", "ifql": "IFQL", "qam": "QAM", "qam-f": "QAM-F", "qam-e": "QAM-E", "trqam": "TRQAM"}
+SKIP_DIRS = {"checkpoints", "figures", "videos", "wandb"}
+
+
+@dataclass
+class Run:
+    dir: str
+    algo: str
+    env: str  # short OGBench name, e.g. cube-double-play
+    task: int
+    seed: int
+    finished: bool
+    success: float | None  # final success of a finished run
+    bc_success: float | None  # the pretrained flow's success (offline phase_step 0) when the run started from one
+    phase: str  # "offline" or "online": where the final number comes from
+    offline_steps: int | None
+    online_steps: int
+    pretrain_steps: int  # global steps before fine-tuning: curves use step - pretrain_steps
+    last_step: int | None
+    attempt: str = ""  # how the sweep's last attempt ended (results.last_attempt)
+    evals: list[dict] = field(default_factory=list)
+    args: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def domain(self) -> str:
+        return DOMAIN_COLUMNS.get(self.env, self.env)
+
+    def train_rows(self) -> list[dict]:
+        return read_csv(os.path.join(self.dir, "train.csv"))
+
+
+def method_name(algo: str) -> str:
+    return METHOD_NAMES.get(algo, algo)
+
+
+def method_order(algos) -> list[str]:
+    known = [a for a in METHOD_NAMES if a in algos]
+    return known + sorted(a for a in algos if a not in METHOD_NAMES)
+
+
+def domain_order(domains) -> list[str]:
+    return [c for c in PAPER_COLUMNS if c in domains] + sorted(d for d in domains if d not in PAPER_COLUMNS)
+
+
+def read_csv(path: str) -> list[dict]:
+    """Rows with numbers as floats (``phase`` stays a string); [] when the file is missing."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        rows = []
+        for r in csv.DictReader(f):
+            row = {}
+            for k, v in r.items():
+                if k is None or v in ("", None):
+                    continue
+                try:
+                    row[k] = v if k == "phase" else float(v)
+                except ValueError:
+                    row[k] = v
+            rows.append(row)
+        return rows
+
+
+def _json(path: str) -> dict:
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def is_run_dir(d: str) -> bool:
+    """A run's files, or a sweep's record of a run it started (``sweep_cmd.json``: a run that failed before
+    writing anything still counts, as not finished)."""
+    return any(os.path.exists(os.path.join(d, f)) for f in ("args.json", "summary.json", "eval.csv", CMD_FILE))
+
+
+def args_from_command(argv: list[str]) -> dict:
+    """``--task-id 2 --actor-hidden-dims 32 32`` -> ``{"task_id": 2, "actor_hidden_dims": [32, 32]}``."""
+    def num(v: str):
+        for t in (int, float):
+            try:
+                return t(v)
+            except ValueError:
+                pass
+        return v
+
+    return {k[2:].replace("-", "_"): num(v[0]) if len(v) == 1 else [num(x) for x in v]
+            for k, v in flag_values(argv).items() if k}
+
+
+def last_attempt(d: str) -> str:
+    """How the sweep's last attempt at a run ended ('' when the sweep kept no record here)."""
+    path = os.path.join(d, "attempts.jsonl")
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        events = [json.loads(line) for line in f if line.strip()]
+    if not events:
+        return ""
+    if events[-1]["event"] == "start":
+        return f"started {time.strftime('%Y-%m-%d %H:%M', time.localtime(events[-1]['time']))}, running or interrupted"
+    rc = events[-1]["returncode"]
+    return "exited 0" if rc == 0 else f"failed: {describe_exit(rc)}"
+
+
+def find_run_dirs(root: str) -> list[str]:
+    out = []
+    for d, subdirs, _ in os.walk(root):
+        subdirs[:] = sorted(s for s in subdirs if s not in SKIP_DIRS and not s.startswith("."))
+        if is_run_dir(d):
+            out.append(d)
+    return out
+
+
+def identify(args: dict, summary: dict) -> str:
+    """The method of a run from what it recorded."""
+    off = summary.get("offline_steps", args.get("offline_steps"))
+    on = summary.get("online_steps", args.get("online_steps")) or 0
+    if off == 0 and on == 0:
+        return "bc"
+    name = str(summary.get("algorithm") or args.get("exp_name") or "unknown").lower().replace("_", "-")
+    if name == "cgql":
+        name = {"mse": "cgql-m", "linex": "cgql-l"}.get(str(args.get("guidance")), "cgql")
+    return name
+
+
+def load_run(d: str) -> Run | None:
+    """A Run, or None when the directory says too little to place it (no env)."""
+    from utils import data as datalib
+
+    args, summary = _json(os.path.join(d, "args.json")), _json(os.path.join(d, "summary.json"))
+    if not args and os.path.exists(os.path.join(d, CMD_FILE)):  # started by a sweep, wrote nothing yet
+        args = args_from_command(_json(os.path.join(d, CMD_FILE)).get("key", []))
+    env_name = summary.get("env")
+    if not env_name and args.get("env_id"):
+        try:
+            env_name = datalib.full_env_name(args["env_id"], int(args.get("task_id", 1)))
+        except Exception:
+            env_name = None
+    m = re.fullmatch(r"(.+)-singletask-task(\d+)-v0", env_name or "")
+    if m is None:
+        return None
+    evals = read_csv(os.path.join(d, "eval.csv"))
+    from_flow = bool(args.get("pretrained_path")) or (summary.get("pretrain_steps", args.get("pretrain_steps")) or 0) > 0
+    bc_row = next((r for r in evals if r.get("phase") == "offline" and r.get("phase_step") == 0), None)
+    online = int(summary.get("online_steps", args.get("online_steps")) or 0)
+    pre = summary.get("pretrain_steps")
+    if pre is None:
+        pre = 0 if args.get("pretrained_path") else args.get("pretrain_steps") or 0
+    train_last = None
+    if not summary:  # an unfinished run: how far it got
+        rows = read_csv(os.path.join(d, "train.csv"))
+        train_last = int(rows[-1]["step"]) if rows else None
+    success = summary.get("final_success")
+    return Run(
+        dir=d, algo=identify(args, summary), env=m.group(1), task=int(m.group(2)),
+        seed=int(summary.get("seed", args.get("seed", 0))), finished=bool(summary),
+        success=None if success is None or not math.isfinite(float(success)) else float(success),
+        bc_success=float(bc_row["success"]) if bc_row is not None and from_flow else None,
+        phase="online" if online > 0 else "offline", offline_steps=summary.get("offline_steps", args.get("offline_steps")),
+        online_steps=online, pretrain_steps=int(pre), last_step=summary.get("steps", train_last), attempt=last_attempt(d), evals=evals,
+        args=args, summary=summary,
+    )
+
+
+def load_runs(root: str) -> list[Run]:
+    return [r for r in (load_run(d) for d in find_run_dirs(root)) if r is not None]
+
+
+# ----------------------------------------------------------------------------------- scores
+Scores = dict[str, dict[tuple[str, int], dict[int, float]]]  # algo -> (env, task) -> seed -> success
+
+
+def collect_scores(runs: list[Run]) -> Scores:
+    """Final success of the finished runs; BC per (env, task, seed) from its BC run, else from the
+    fine-tuning runs' evaluations of the pretrained flow (their mean when several evaluated it)."""
+    scores: Scores = {}
+    for r in runs:
+        if r.finished and r.success is not None:
+            scores.setdefault(r.algo, {}).setdefault((r.env, r.task), {})[r.seed] = r.success
+    derived: dict[tuple[str, int], dict[int, list[float]]] = {}
+    for r in runs:
+        if r.algo != "bc" and r.bc_success is not None:
+            derived.setdefault((r.env, r.task), {}).setdefault(r.seed, []).append(r.bc_success)
+    bc = scores.setdefault("bc", {})
+    for key, by_seed in derived.items():
+        for seed, vals in by_seed.items():
+            bc.setdefault(key, {}).setdefault(seed, float(np.mean(vals)))
+    if not bc:
+        del scores["bc"]
+    return scores
+
+
+def mean_std(values) -> tuple[float, float | None]:
+    """Mean and the sample standard deviation (ddof=1; None for one value)."""
+    v = np.asarray(list(values), float)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else None
+
+
+def domain_table(scores: Scores) -> dict[str, dict[str, tuple[float, float | None]]]:
+    """algo -> domain column -> (mean over tasks of the task means, std over seeds of the per-seed domain mean
+    (seeds present in every task of the domain)); plus "all" = mean of the domain means present."""
+    table: dict[str, dict[str, tuple[float, float | None]]] = {}
+    for algo, tasks in scores.items():
+        by_domain: dict[str, list[dict[int, float]]] = {}
+        for (env, _), seeds in tasks.items():
+            if seeds:
+                by_domain.setdefault(DOMAIN_COLUMNS.get(env, env), []).append(seeds)
+        row = {}
+        for dom, task_seeds in by_domain.items():
+            mean = float(np.mean([np.mean(list(s.values())) for s in task_seeds]))
+            common = set.intersection(*(set(s) for s in task_seeds))
+            per_seed = [np.mean([s[k] for s in task_seeds]) for k in sorted(common)]
+            row[dom] = (mean, mean_std(per_seed)[1] if per_seed else None)
+        if row:
+            row["all"] = (float(np.mean([v[0] for v in row.values()])), None)
+            table[algo] = row
+    return table
+
+
+@dataclass
+class Aggregates:
+    tasks: list[tuple[str, int]]  # the tasks every method has (the stratification)
+    runs: dict[str, int]  # runs per task used for each method (its fewest seeds over those tasks)
+    point: dict[str, np.ndarray]  # algo -> [IQM, mean]
+    ci: dict[str, np.ndarray]  # algo -> (2 lower/upper, 2 metrics)
+    poi: dict[str, tuple[float, np.ndarray]]  # other algo -> P(TRQAM > other), its CI (2,)
+    reps: int
+    poi_reps: int
+
+
+def score_matrices(scores: Scores, algos: list[str]) -> tuple[list[tuple[str, int]], dict[str, np.ndarray]]:
+    """(tasks common to ``algos``, algo -> (runs, tasks) matrix of the first n seeds of each task)."""
+    tasks = sorted(set.intersection(*(set(k for k, v in scores[a].items() if v) for a in algos)))
+    mats = {}
+    for a in algos:
+        n = min(len(scores[a][t]) for t in tasks) if tasks else 0
+        mats[a] = np.array([[scores[a][t][s] for s in sorted(scores[a][t])[:n]] for t in tasks]).T.reshape(n, len(tasks))
+    return tasks, mats
+
+
+def interval_estimates(score_dict: dict, func, reps: int, seed: int = 0) -> tuple[dict, dict]:
+    """rliable's point estimates and 95% stratified-bootstrap CIs (a fixed seed: the same report twice)."""
+    import warnings
+
+    from rliable import library as rly
+
+    with warnings.catch_warnings():  # arch's notice about its RandomState argument, used by rliable
+        warnings.simplefilter("ignore", FutureWarning)
+        return rly.get_interval_estimates(score_dict, func, reps=reps, random_state=np.random.RandomState(seed))
+
+
+def aggregates(scores: Scores, reps: int = 2000, poi_reps: int = 500, seed: int = 0) -> Aggregates | None:
+    """IQM and mean over all runs of the tasks common to every method, 95% stratified-bootstrap CIs
+    (runs resampled within each task), and P(TRQAM > X) with its CI (rliable)."""
+    from rliable import metrics
+
+    algos = method_order(scores)
+    tasks, mats = score_matrices(scores, algos)
+    if not tasks or min(m.shape[0] for m in mats.values()) == 0:
+        return None
+
+    def iqm_mean(x: np.ndarray) -> np.ndarray:
+        return np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x)])
+
+    point, ci = interval_estimates(mats, iqm_mean, reps, seed)
+    poi = {}
+    if "trqam" in mats and len(algos) > 1:
+        pairs = {f"trqam,{a}": (mats["trqam"], mats[a]) for a in algos if a != "trqam"}
+        p, c = interval_estimates(pairs, metrics.probability_of_improvement, poi_reps, seed)  # a Mann-Whitney U per task: slow
+        poi = {k.split(",", 1)[1]: (float(p[k]), np.asarray(c[k]).reshape(2)) for k in pairs}
+    return Aggregates(tasks, {a: m.shape[0] for a, m in mats.items()}, point, ci, poi, reps, poi_reps)
+
+
+# ------------------------------------------------------------------------- reported numbers
+MARKER = re.compile(r"<!--\s*reported:\s*(.*?)\s*-->")
+CELL = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(?:±\s*(\d+(?:\.\d+)?))?\s*$")
+
+
+@dataclass
+class Reported:
+    source: str
+    setting: dict[str, str]  # phase and the marker's key=value pairs (seeds=8, ...)
+    rows: dict[str, dict[str, tuple[float, float | None]]]  # algo -> column -> (mean %, std %)
+
+
+def parse_reported(path: str) -> list[Reported]:
+    """The tables of the section ``## Reported results`` of ``path``, each after a marker
+    ``<!-- reported: SOURCE offline seeds=8 -->``; [] when the file, the section or a table is missing."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return []
+    m = re.search(r"^## Reported results[^\n]*\n(.*?)(?=^## |\Z)", text, flags=re.M | re.S)
+    if m is None:
+        return []
+    names = {v.lower(): k for k, v in METHOD_NAMES.items()}
+    out = []
+    lines = m.group(1).splitlines()
+    for i, line in enumerate(lines):
+        mk = MARKER.search(line)
+        if mk is None:
+            continue
+        words = mk.group(1).split()
+        if not words:
+            continue
+        setting = {"phase": next((w for w in words[1:] if w in ("offline", "online")), "offline")}
+        setting.update(w.split("=", 1) for w in words[1:] if "=" in w)
+        table = []
+        for nxt in lines[i + 1:]:
+            if nxt.strip().startswith("|"):
+                table.append([c.strip() for c in nxt.strip().strip("|").split("|")])
+            elif table or MARKER.search(nxt) or nxt.startswith("#"):
+                break
+        if len(table) < 2:
+            continue
+        header = [h.lower() for h in table[0]]
+        rows = {}
+        for cells in table[1:]:
+            if set("".join(cells)) <= set("-: "):  # the |---|---| line
+                continue
+            algo = names.get(cells[0].lower())
+            if algo is None:
+                continue
+            vals = {}
+            for col, cell in zip(header[1:], cells[1:], strict=False):
+                c = CELL.match(cell)
+                if c:
+                    vals[col] = (float(c.group(1)), float(c.group(2)) if c.group(2) else None)
+            rows[algo] = vals
+        out.append(Reported(words[0], setting, rows))
+    return out
+
+
+def setting_matches(rep: Reported, runs: list[Run]) -> bool:
+    """Same phase (offline / online) as the runs' final numbers, and the same offline / online steps when the
+    marker states them (``offline_steps=1000000``)."""
+    if not runs or any(r.phase != rep.setting["phase"] for r in runs):
+        return False
+    for key in ("offline_steps", "online_steps"):
+        if key in rep.setting and any(str(getattr(r, key)) != rep.setting[key] for r in runs):
+            return False
+    return True
