@@ -65,12 +65,13 @@ def main() -> None:
             eval_interval=2500,
             checkpoint_interval=5000,
             eval_episodes=a.eval_episodes,
+            eval_workers=min(a.workers, a.eval_episodes),
         )
         t1 = time.time()
-        summary = trqam.main(args)
+        summary = trqam.main(args)[0]
         t_train = time.time() - t1
 
-        from utils.report import write_report
+        from experiments.report import write_report
 
         note = (
             f"**Small-scale demo.** {a.episodes} generated episodes, 2x256 networks with 2 critics, "
@@ -82,7 +83,7 @@ def main() -> None:
         report = write_report(a.run_dir, note)
     except UserError as e:
         sys.exit(f"error: {e}")
-    print(f"[demo] 3/3 report: {report} and {os.path.join(a.run_dir, 'curves.png')}")
+    print(f"[demo] 3/3 report: {report} and {os.path.join(a.run_dir, 'figures', 'curves.png')}")
     print(f"[demo] final success {100 * summary['final_success']:.0f}%, lambda {summary['lam']:.3g}, "
           f"KL EMA {summary['kl_avg']:.3g} (budget {summary['kl_budget']:g}); total {time.time() - t0:.0f} s")
     print("[demo] This was a small-scale demo. For the paper's setting run:")

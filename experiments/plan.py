@@ -50,9 +50,6 @@ ALGOS: dict[str, Algo] = {
     "qam-f": Algo("baselines/qam_f.py"),
     "rebrac": Algo("baselines/rebrac.py", ("--pretrain-steps", "0"), from_bc=False),
 }
-# Until baselines/bc.py exists the BC stage is TRQAM with no fine-tuning: it pretrains, saves
-# pretrained.msgpack, evaluates the flow at offline step 0 and writes summary.json.
-BC_FALLBACK = Algo("trqam.py", ("--offline-steps", "0", "--online-steps", "0"))
 # Set by the sweep for each run; after `--` they are an error (use the sweep's own flags).
 RESERVED = ("--env-id", "--task-id", "--seed", "--num-seeds", "--run-dir", "--dataset-path", "--pretrained-path",
             "--pretrain-steps", "--exp-name", "--generate-missing", "--guidance")
@@ -173,7 +170,7 @@ def build_plan(o, extras: list[str]) -> list[Job]:
     if bad:
         raise UserError(f"{' '.join(bad)} after -- is set by the sweep (use --env-ids/--task-ids/--seeds/--pretrain-steps)")
     need_bc = "bc" in o.algos or any(ALGOS[a].from_bc for a in o.algos)
-    bc_algo = ALGOS["bc"] if os.path.exists(os.path.join(ROOT, ALGOS["bc"].script)) else BC_FALLBACK
+    bc_algo = ALGOS["bc"]
     used = [ALGOS[a] for a in o.algos if a != "bc"] + ([bc_algo] if need_bc else [])
     missing = sorted({a.script for a in used if not os.path.exists(os.path.join(ROOT, a.script))})
     if missing:

@@ -327,7 +327,7 @@ def parse_reported(path: str) -> list[Reported]:
             text = f.read()
     except OSError:
         return []
-    m = re.search(r"^## Reported results[^\n]*\n(.*?)(?=^## |\Z)", text, flags=re.M | re.S)
+    m = re.search(r"^## (?:\d+\. )?Reported results[^\n]*\n(.*?)(?=^## |\Z)", text, flags=re.M | re.S)
     if m is None:
         return []
     names = {v.lower(): k for k, v in METHOD_NAMES.items()}

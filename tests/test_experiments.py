@@ -24,21 +24,13 @@ TINY = ["--actor-hidden-dims", "32", "32", "--value-hidden-dims", "32", "32", "-
         "--checkpoint-interval", "20"]
 
 
-def scripts_take_eval_workers() -> bool:
-    """--eval-workers arrives with the shared RunArgs (utils/args.py); today's scripts may not have it yet."""
-    text = "".join(open(os.path.join(ROOT, f)).read() for f in ("trqam.py", "utils/args.py") if os.path.exists(os.path.join(ROOT, f)))
-    return "eval_workers" in text
-
-
-EVAL = ["--eval-workers", "0"] if scripts_take_eval_workers() else []
+EVAL = ["--eval-workers", "0"]
 
 
 def run_sweep(*argv: str, datagen: str | None = None) -> tuple[int, str]:
     """``python -m experiments.sweep ARGV`` in this process (on the module's Ray cluster); (exit code, stderr)."""
     buf = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(buf):
-        if not EVAL:
-            mp.setattr(plan, "EVAL_WORKERS_FLAG", "")
         if datagen:
             mp.setattr(plan, "DATAGEN_MODULE", datagen)
         code = sweep.main(list(argv))

@@ -19,6 +19,7 @@ the newest checkpoint every seed has.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -88,7 +89,8 @@ class Runner:
 
         self.resume, self.resume_meta = self._latest_checkpoints()
         start = int(self.resume_meta["step"]) if self.resume else 0
-        self.logs = [RunLog(d, a, start if self.resume else None) for d in self.run_dirs]
+        self.logs = [RunLog(d, dataclasses.replace(a, seed=s), start if self.resume else None)  # args.json: its own seed
+                     for d, s in zip(self.run_dirs, self.seeds, strict=True)]
         self.last_eval = [log.last_eval() for log in self.logs]
         self.progress = Progress(self.total, start)
         self.evaluator: Evaluator | None = None
