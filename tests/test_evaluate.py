@@ -1,0 +1,176 @@
+"""utils/evaluate.py: batched episodes in worker processes equal a plain sequential loop bit for bit; videos; errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from utils.data import make_env
+from utils.errors import UserError
+from utils.evaluate import VIDEO_FRAME_SKIP, Evaluator, default_workers
+
+ENV = "cube-single-play-singletask-task2-v0"  # push the cube 0.15 m along x
+CENTER, GOAL = np.array([0.425, 0.0, 0.0]), np.array([0.50, 0.0])
+H, A, T = 2, 5, 40
+# reset seeds whose episodes end at different steps: pushed to the goal at step 29, 31 (mid-chunk), 35, 30, or at the limit
+SEEDS = [[9, 0, 3], [10, 4, 2]]
+
+
+def push(obs: np.ndarray) -> np.ndarray:
+    """A scripted (H, A) chunk from the observation: get behind the cube, then push it towards the goal."""
+    eff, cube = obs[12:15] / 10 + CENTER, obs[19:22] / 10 + CENTER
+    d = GOAL - cube[:2]
+    d = d / (np.linalg.norm(d) + 1e-9)
+    rel = eff[:2] - cube[:2]
+    along, across = rel @ d, rel @ np.array([-d[1], d[0]])
+    behind = cube[:2] - 0.07 * d
+    if abs(across) > 0.015 or along > -0.025:
+        target = np.array([*behind, 0.03 if abs(across) < 0.015 and along < -0.05 else 0.12])
+    elif eff[2] > 0.04:
+        target = np.array([*behind, 0.03])
+    else:
+        target = np.array([*(cube[:2] + 0.1 * d), 0.03])
+    a = np.concatenate([(target - eff) / 0.05, [0.0, 1.0]])
+    return np.stack([a, 0.9 * a])  # unclipped: the evaluator clips
+
+
+def chunk_for(i: int, e: int, obs: np.ndarray) -> np.ndarray:
+    """Seed i, episode e: the scripted pusher, or (one episode per seed) a fixed random linear policy."""
+    if e == 1:
+        w = np.random.default_rng(100 * i + e).normal(size=(obs.size, H * A))
+        return 2.0 * np.tanh(obs @ w).reshape(H, A)
+    return push(obs)
+
+
+def sequential(seeds, max_steps=T):
+    """The reference: one gymnasium env, episodes one after another, a policy call per chunk per episode."""
+    env = make_env(ENV, max_episode_steps=max_steps)
+    out = {}
+    for i, row in enumerate(seeds):
+        for e, seed in enumerate(row):
+            obs, _ = env.reset(seed=seed)
+            ret, length, seen, done = 0.0, 0, [], False
+            while not done:
+                seen.append(obs.astype(np.float32))
+                for a in np.clip(chunk_for(i, e, seen[-1]), -1, 1):
+                    obs, r, terminated, truncated, info = env.step(a)
+                    ret, length, done = ret + float(r), length + 1, terminated or truncated
+                    if done:
+                        break
+            out[i, e] = {"success": float(info["success"]), "return": ret, "length": length, "seen": seen,
+                         "final": obs.astype(np.float32)}
+    env.close()
+    return out
+
+
+class Recorder:
+    """The batched policy: the per-episode chunks above, computed in numpy (batching cannot change them),
+    and a record of every observation it was given."""
+
+    def __init__(self):
+        self.calls: list[np.ndarray] = []
+
+    def __call__(self, obs: np.ndarray, chunk: int) -> np.ndarray:
+        assert obs.dtype == np.float32 and chunk == len(self.calls)
+        self.calls.append(obs.copy())
+        return np.stack([np.stack([chunk_for(i, e, obs[i, e]) for e in range(obs.shape[1])]) for i in range(obs.shape[0])])
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return sequential(SEEDS)
+
+
+def check_against(reference, results, rec: Recorder):
+    N, E = len(SEEDS), len(SEEDS[0])
+    lengths = [reference[i, e]["length"] for i in range(N) for e in range(E)]
+    assert len(set(lengths)) >= 3 and min(lengths) < T and max(lengths) == T  # mid-chunk successes and time limits
+    assert any(reference[i, e]["success"] for i in range(N) for e in range(E))
+    assert len(rec.calls) == -(-max(lengths) // H)  # one call per chunk step for all episodes
+    for i in range(N):
+        eps = [reference[i, e] for e in range(E)]
+        assert results[i] == {"success": np.mean([r["success"] for r in eps]), "return": np.mean([r["return"] for r in eps]),
+                              "length": np.mean([r["length"] for r in eps]), "policy_calls": float(len(rec.calls))}
+        for e, r in enumerate(eps):
+            n = len(r["seen"])
+            np.testing.assert_array_equal(np.stack([c[i, e] for c in rec.calls[:n]]), np.stack(r["seen"]))
+            for c in rec.calls[n:]:  # a finished episode keeps getting its last observation
+                np.testing.assert_array_equal(c[i, e], r["final"])
+
+
+def test_in_process_equals_sequential_loop(reference):
+    with Evaluator(ENV, 2, 3, workers=0, max_episode_steps=T) as ev:
+        for _ in range(2):  # a second run on the same envs gives the same episodes
+            rec = Recorder()
+            check_against(reference, ev.run(rec, SEEDS), rec)
+
+
+def test_workers_equal_sequential_loop(reference):
+    """Two workers, three envs each."""
+    with Evaluator(ENV, 2, 3, workers=2, max_episode_steps=T) as ev:
+        for _ in range(2):
+            rec = Recorder()
+            check_against(reference, ev.run(rec, SEEDS), rec)
+
+
+def check_video(path: str, length: int) -> None:
+    import imageio.v2 as imageio
+
+    with imageio.get_reader(path, format="FFMPEG") as reader:
+        frames = np.stack(list(reader.iter_data()))  # (list(reader) asks its length: unknown, "inf")
+    assert frames.shape == (length // VIDEO_FRAME_SKIP, 200, 200, 3) and frames.dtype == np.uint8
+    assert frames.std() > 10  # a picture, not a blank frame
+    assert np.abs(frames[-1].astype(int) - frames[0]).mean() > 1  # the arm moved
+
+
+def test_video_with_workers_0_renders_in_a_process_of_its_own(tmp_path):
+    """This process has MUJOCO_GL=disable (conftest): a render process started with EGL replays episode 0 of
+    seed 1 (a worker does the same when workers > 0). Seed 0's video is not asked for."""
+    assert os.environ["MUJOCO_GL"] == "disable"
+    path = str(tmp_path / "videos" / "step_7.mp4")
+    with Evaluator(ENV, 2, 1, workers=0, max_episode_steps=30) as ev:
+        res = ev.run(Recorder(), [[9], [2]], videos=[None, path])
+    assert res[0]["length"] == 29 and res[1]["length"] == 30  # episodes of different lengths
+    check_video(path, 30)
+    assert os.listdir(tmp_path / "videos") == ["step_7.mp4"]  # no temp file left behind
+
+
+def test_worker_errors_and_a_killed_worker():
+    """An error inside a worker is reported with its traceback and the evaluator stays usable; a killed worker
+    gives one clear error (no hang) and closes the evaluator."""
+    ev = Evaluator(ENV, 1, 2, workers=2, max_episode_steps=6)
+    try:
+        with pytest.raises(RuntimeError, match=r"(?s)evaluation worker 0 \(pid \d+\) failed:.*Traceback"):
+            ev.run(Recorder(), [[-1, 0]])  # gymnasium refuses a negative seed
+        assert [r["length"] for r in ev.run(Recorder(), [[2, 0]])] == [6.0]
+        os.kill(ev._hosts[1].proc.pid, signal.SIGKILL)
+        with pytest.raises(RuntimeError, match=r"evaluation worker 1 \(pid \d+\) died"):
+            ev.run(Recorder(), [[2, 0]])
+        with pytest.raises(RuntimeError, match="closed"):
+            ev.run(Recorder(), [[2, 0]])
+    finally:
+        ev.close()
+
+
+def test_user_errors():
+    for workers in (0, 1):  # before any worker is started
+        with pytest.raises(UserError, match="unknown env"):
+            Evaluator("cube-sextuple-play-singletask-task1-v0", 1, 1, workers=workers)
+    with pytest.raises(UserError, match="at least one"):
+        Evaluator(ENV, 0, 1, workers=0)
+    with Evaluator(ENV, 1, 1, workers=0, max_episode_steps=4) as ev:
+        with pytest.raises(ValueError, match="shape"):
+            ev.run(lambda obs, c: np.zeros((1, 1, 5)), [[0]])
+        with pytest.raises(ValueError, match="reset_seeds"):
+            ev.run(Recorder(), [[0, 1]])
+        assert ev.run(Recorder(), [[2]])[0]["length"] == 4  # still usable after a bad call
+
+
+def test_default_workers():
+    cores = len(os.sched_getaffinity(0))
+    assert default_workers(1) == 0
+    assert default_workers(100) == (0 if cores == 1 else min(cores, 8))
+    assert default_workers(3) in (0, min(cores, 3))
