@@ -186,12 +186,12 @@ def main() -> None:
             exact = all(a[k] == b[k] for a, b in zip(again, seq_res, strict=True) for k in ("return", "length", "success"))
             res["evaluator"][w] = {"first_run_s": t1 - t0, "run_s": steady, "episodes_per_s": N * E / steady,
                                    "speedup": seq_s / steady, "per_seed": again, "same_success": all(same), "identical": exact}
-            if opts.video:
-                res["evaluator"][w]["run_with_video_s"] = video_s
-                print(f"    with a video of seed 0's first episode: {video_s:.2f} s")
             print(f"  Evaluator workers={w:<2d}: first run {t1 - t0:6.2f} s, run {steady:6.2f} s  {N * E / steady:6.2f} episodes/s  "
                   f"x{seq_s / steady:.2f}   success per seed {[r['success'] for r in again]} "
                   f"({'identical results' if exact else 'same success' if all(same) else 'SUCCESS DIFFERS'})")
+            if opts.video:
+                res["evaluator"][w]["run_with_video_s"] = video_s
+                print(f"    with a video of seed 0's first episode: {video_s:.2f} s")
         if not opts.no_step_costs:
             res["step_costs_ms"] = step_costs(env_name)
             print("  ms per env step:")

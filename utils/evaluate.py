@@ -20,8 +20,8 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
-import tempfile
 import traceback
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import wait
 
@@ -86,7 +86,15 @@ class _Episode:
         self.action_dim = int(np.prod(env.action_space.shape))
 
     def reset(self, seed: int) -> None:
-        self.obs = self.env.reset(seed=int(seed))[0]
+        """Reset with ``seed``. OGBench's mazes draw the start's noise from numpy's global RNG (before their own
+        RNG is seeded): seed that from ``seed`` as well, so an episode is a function of its reset seed, and leave
+        the global RNG as it was. (Teleport mazes also draw from it in ``step``: they stay unreproducible.)"""
+        saved = np.random.get_state()
+        np.random.seed(int(seed) % 2**32)
+        try:
+            self.obs = self.env.reset(seed=int(seed))[0]
+        finally:
+            np.random.set_state(saved)
         self.ret, self.length, self.done, self.success = 0.0, 0, False, 0.0
 
     def step(self, action: np.ndarray) -> None:
@@ -172,8 +180,7 @@ def _mp4_writer(path: str, fps: float) -> Iterator[Callable[[np.ndarray], None]]
 
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".mp4", prefix=f".{os.path.basename(path)}.tmp-", dir=directory)
-    os.close(fd)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}.mp4")
     try:
         writer = imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", macro_block_size=2)
         try:
@@ -242,7 +249,7 @@ def _worker_environ() -> dict[str, str]:
 
 
 class _LocalHost:
-    """``workers=0``: the same messages, answered in this process."""
+    """``workers=0``: the same messages, answered in this process (errors are raised as they are)."""
 
     name = "in-process evaluation"
 
@@ -250,12 +257,7 @@ class _LocalHost:
         self.group, self.pending = group, []
 
     def send(self, msg: tuple) -> None:
-        try:
-            self.pending.append(("ok", self.group.handle(msg)))
-        except UserError as e:
-            self.pending.append(("error", True, str(e)))
-        except Exception:
-            self.pending.append(("error", False, traceback.format_exc()))
+        self.pending.append(("ok", self.group.handle(msg)))
 
     def recv(self):
         return self.pending.pop(0)
