@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import signal
 import traceback
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -143,8 +144,8 @@ class _Group:
 
     def video(self, seed: int, actions: np.ndarray, path: str, final_obs: np.ndarray) -> None:
         """Replay an evaluated episode (reset seed, executed actions) in a separate env, render every
-        ``frame_skip``-th step (at least one frame) and write the MP4 atomically; the replay must end where
-        the episode did."""
+        ``frame_skip``-th step (at least one frame) and write the MP4 atomically; a replay that does not end
+        where the episode did is an error, and writes nothing."""
         if self.video_episode is None:
             self.video_episode = ep = _Episode(self.env_name, self.max_episode_steps)
             ep.reset(seed)  # builds the model, so the renderer is made with the smaller shadow map
@@ -160,8 +161,8 @@ class _Group:
                     append(ep.env.render())
                 if ep.done:
                     break
-        if ep.length != len(actions) or not ep.done or not np.array_equal(np.asarray(ep.obs, np.float32), final_obs):
-            raise RuntimeError(f"the video replay of reset seed {seed} did not reproduce the evaluated episode ({path})")
+            if ep.length != len(actions) or not ep.done or not np.array_equal(np.asarray(ep.obs, np.float32), final_obs):
+                raise RuntimeError(f"the video replay of reset seed {seed} did not reproduce the evaluated episode ({path})")
 
 
 def _control_hz(env) -> float:
@@ -199,7 +200,8 @@ def _mp4_writer(path: str, fps: float) -> Iterator[Callable[[np.ndarray], None]]
 # ------------------------------------------------------------------------ processes and messages
 def _worker_main(conn, env_name: str, count: int, max_episode_steps: int | None, frame_skip: int) -> None:
     """A worker: make its envs, then answer messages until told to close or the parent goes away.
-    Replies are ("ok", value) or ("error", is_user_error, text)."""
+    Replies are ("ok", value) or ("error", is_user_error, text). Ctrl-C is the parent's to handle."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     group, failure = None, None
     try:
         group = _Group(env_name, count, max_episode_steps, frame_skip)
@@ -208,7 +210,7 @@ def _worker_main(conn, env_name: str, count: int, max_episode_steps: int | None,
     while True:
         try:
             msg = conn.recv()
-        except (EOFError, OSError, KeyboardInterrupt):
+        except (EOFError, OSError):
             return
         if msg[0] == "close":
             return
@@ -245,7 +247,11 @@ def _worker_environ() -> dict[str, str]:
     (a spawned worker imports the main script again: it must not initialise JAX on the GPU)."""
     gl = os.environ.get("MUJOCO_GL", "")
     gl = "egl" if gl in ("", "disable") else gl
-    return {"MUJOCO_GL": gl, "PYOPENGL_PLATFORM": "osmesa" if gl == "osmesa" else "egl", "JAX_PLATFORMS": "cpu"}
+    return {"MUJOCO_GL": gl, "JAX_PLATFORMS": "cpu", **({"PYOPENGL_PLATFORM": gl} if gl in ("egl", "osmesa") else {})}
+
+
+class _WorkerDied(RuntimeError):
+    pass
 
 
 class _LocalHost:
@@ -261,6 +267,9 @@ class _LocalHost:
 
     def recv(self):
         return self.pending.pop(0)
+
+    def stop(self) -> None:
+        pass
 
     def close(self) -> None:
         self.pending = []
@@ -287,35 +296,33 @@ class _WorkerHost:
         self.pending += 1
 
     def recv(self):
-        while True:
-            ready = wait([self.conn, self.proc.sentinel])
-            if self.conn in ready:
-                try:
-                    reply = self.conn.recv()
-                except (EOFError, OSError):
-                    raise self._died() from None
-                self.pending -= 1
-                return reply
-            if self.proc.sentinel in ready:
-                raise self._died()
+        """The next reply, or the worker's death as an error (never a hang)."""
+        if self.conn not in wait([self.conn, self.proc.sentinel]):
+            raise self._died()
+        try:
+            reply = self.conn.recv()
+        except (EOFError, OSError):
+            raise self._died() from None
+        self.pending -= 1
+        return reply
 
     def _died(self) -> RuntimeError:
         self.proc.join(timeout=1.0)
         return _WorkerDied(f"{self.name} died (exit code {self.proc.exitcode}); its episodes are lost. "
                            "The evaluator is closed: make a new one.")
 
-    def close(self) -> None:
+    def stop(self) -> None:
+        """Ask the worker to exit (``close`` waits for it)."""
         with contextlib.suppress(BrokenPipeError, OSError):
             self.conn.send(("close",))
+
+    def close(self) -> None:
+        self.stop()
         self.proc.join(timeout=5.0)
         if self.proc.is_alive():
             self.proc.terminate()
             self.proc.join(timeout=5.0)
         self.conn.close()
-
-
-class _WorkerDied(RuntimeError):
-    pass
 
 
 # ---------------------------------------------------------------------------------- the evaluator
@@ -345,13 +352,12 @@ class Evaluator:
         self._render_host: _WorkerHost | None = None
         self._hosts: list[_LocalHost | _WorkerHost] = []
         self._closed = False
-        args = (env_name, max_episode_steps, video_frame_skip)
         try:
             if self.workers == 0:
                 self._hosts = [_LocalHost(_Group(env_name, n, max_episode_steps, video_frame_skip))]
             else:
                 for h, idx in enumerate(self._slices):
-                    self._hosts.append(_WorkerHost(h, args[0], len(idx), *args[1:]))
+                    self._hosts.append(_WorkerHost(h, env_name, len(idx), max_episode_steps, video_frame_skip))
         except BaseException:
             self.close()
             raise
@@ -371,7 +377,10 @@ class Evaluator:
     def close(self) -> None:
         """Stop the workers (idempotent)."""
         self._closed = True
-        for host in [*self._hosts, *([self._render_host] if self._render_host else [])]:
+        hosts = [*self._hosts, *([self._render_host] if self._render_host else [])]
+        for host in hosts:  # all workers exit at once
+            host.stop()
+        for host in hosts:
             with contextlib.suppress(Exception):
                 host.close()
         self._hosts, self._render_host = [], None
@@ -446,11 +455,11 @@ class Evaluator:
             for k in executed:
                 executed[k].append(chunks[k, : length[k] - before[k]].copy())
         if video_idx:
-            self._videos([(k, int(flat[k]), np.concatenate(executed[k]), videos[k // E], obs[k]) for k in video_idx])
+            self._videos([(int(flat[k]), np.concatenate(executed[k]), videos[k // E], obs[k]) for k in video_idx])
         return [{"success": float(success[i * E:(i + 1) * E].mean()), "return": float(ret[i * E:(i + 1) * E].mean()),
                  "length": float(length[i * E:(i + 1) * E].mean()), "policy_calls": float(calls)} for i in range(N)]
 
-    def _videos(self, jobs: list[tuple[int, int, np.ndarray, str, np.ndarray]]) -> None:
+    def _videos(self, jobs: list[tuple[int, np.ndarray, str, np.ndarray]]) -> None:
         """Replay and render the video episodes, spread over the workers (or one render process), in parallel."""
         if self.workers:
             hosts = self._hosts
@@ -459,5 +468,4 @@ class Evaluator:
                 self._render_host = _WorkerHost(0, self.env_name, 0, self.max_episode_steps, self.video_frame_skip)
                 self._render_host.name = f"video render process (pid {self._render_host.proc.pid})"
             hosts = [self._render_host]
-        self._exchange([(hosts[j % len(hosts)], ("video", seed, actions, path, final_obs))
-                        for j, (_, seed, actions, path, final_obs) in enumerate(jobs)])
+        self._exchange([(hosts[j % len(hosts)], ("video", *job)) for j, job in enumerate(jobs)])
