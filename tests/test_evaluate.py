@@ -121,10 +121,12 @@ def test_workers_equal_sequential_loop(reference):
             check_against(reference, ev.run(rec, SEEDS), rec)
 
 
-@pytest.mark.parametrize("env_name, horizon, action_dim", [("scene-play-singletask-task1-v0", 5, 5),
+@pytest.mark.parametrize("env_name, horizon, action_dim", [("puzzle-3x3-play-singletask-task1-v0", 5, 5),
+                                                          ("scene-play-singletask-task1-v0", 5, 5),
                                                           ("antmaze-large-navigate-singletask-task1-v0", 1, 8)])
 def test_other_domains_equal_sequential_loop(env_name, horizon, action_dim):
-    """Scene (keeps its own pre_step, loses the info dict) and a maze (start noise from numpy's global RNG)."""
+    """Puzzle (its two envs share one compiled model), scene (its own model and pre_step; no info dict) and a
+    maze (start noise from numpy's global RNG, H = 1)."""
 
     def chunk_fn(i, e, obs):
         w = np.random.default_rng(100 * i + e).normal(size=(obs.size, horizon * action_dim)) / np.sqrt(obs.size)

@@ -18,6 +18,7 @@ the batched stepping and works when this process has ``MUJOCO_GL=disable``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import multiprocessing as mp
 import os
 import signal
@@ -73,18 +74,56 @@ def _lean_pre_step(env) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def _shared_models(models: dict) -> Iterator[None]:
+    """While envs are made: compile each distinct MJCF text (+ assets) once and hand every env of this process
+    the same ``MjModel`` (``models`` is the cache). An OGBench manipulation model holds ~60 MB of meshes, their
+    BVH and the skybox, its IK model ~30 MB more: ~150 MB per env otherwise, ~45 MB with sharing. Only for
+    models that no env writes while stepping, except colours (see ``_Episode``)."""
+    import mujoco
+
+    compile_xml = mujoco.MjModel.from_xml_string
+
+    def from_xml_string(xml, assets=None):
+        key = (xml, tuple(sorted((name, hashlib.sha1(data).digest()) for name, data in (assets or {}).items())))
+        if key not in models:
+            models[key] = compile_xml(xml, assets) if assets is not None else compile_xml(xml)
+        return models[key]
+
+    mujoco.MjModel.from_xml_string = from_xml_string
+    try:
+        yield
+    finally:
+        mujoco.MjModel.from_xml_string = compile_xml
+
+
+def _shares_its_model(env) -> bool:
+    """The cube and puzzle envs write only geom colours into their model while stepping (rendering, not physics);
+    the scene env also switches joint damping (its drawer and window locks), so it keeps a model of its own.
+    The IK model inside every manipulation env is only read."""
+    from ogbench.manipspace.envs.cube_env import CubeEnv
+    from ogbench.manipspace.envs.puzzle_env import PuzzleEnv
+
+    return type(env) in (CubeEnv, PuzzleEnv)
+
+
 class _Episode:
     """One env and the state of its current episode. Stepped without gymnasium's wrappers (their checks cost
-    about 6% of a step); the time limit is counted here as ``TimeLimit`` counts it."""
+    about 6% of a step); the time limit is counted here as ``TimeLimit`` counts it. With ``models`` (a cache
+    shared by the envs of one process) the env shares compiled models with the others where that is safe."""
 
-    def __init__(self, env_name: str, max_episode_steps: int | None):
+    def __init__(self, env_name: str, max_episode_steps: int | None, models: dict | None = None):
         limit = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
-        env = make_env(env_name, disable_env_checker=True, **limit)
+        with _shared_models(models) if models is not None else contextlib.nullcontext():
+            env = make_env(env_name, disable_env_checker=True, **limit)  # the IK model is compiled here
         self.limit = env.spec.max_episode_steps if env.spec is not None else None
         self.env = env.unwrapped
         _skip_step_info(self.env)
         _lean_pre_step(self.env)
         self.action_dim = int(np.prod(env.action_space.shape))
+        if models is not None and _shares_its_model(self.env):
+            with _shared_models(models):
+                self.reset(0)  # the env's own model is compiled at its first reset
 
     def reset(self, seed: int) -> None:
         """Reset with ``seed``. OGBench's mazes draw the start's noise from numpy's global RNG (before their own
@@ -119,7 +158,8 @@ class _Group:
 
     def __init__(self, env_name: str, count: int, max_episode_steps: int | None, frame_skip: int):
         self.env_name, self.max_episode_steps, self.frame_skip = env_name, max_episode_steps, frame_skip
-        self.episodes = [_Episode(env_name, max_episode_steps) for _ in range(count)]
+        models: dict = {}
+        self.episodes = [_Episode(env_name, max_episode_steps, models) for _ in range(count)]
         self.video_episode: _Episode | None = None
 
     def handle(self, msg: tuple):
