@@ -15,7 +15,7 @@ from utils.evaluate import VIDEO_FRAME_SKIP, Evaluator, default_workers
 ENV = "cube-single-play-singletask-task2-v0"  # push the cube 0.15 m along x
 CENTER, GOAL = np.array([0.425, 0.0, 0.0]), np.array([0.50, 0.0])
 H, A, T = 2, 5, 40
-# reset seeds whose episodes end at different steps: pushed to the goal at step 29, 31 (mid-chunk), 35, 30, or at the limit
+# reset seeds whose episodes end at different steps: pushed to the goal at step 29, 31, 35 (mid-chunk) or 30, or at the limit
 SEEDS = [[9, 0, 3], [10, 4, 2]]
 
 
