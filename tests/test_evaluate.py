@@ -1,13 +1,16 @@
-"""utils/evaluate.py: batched episodes in worker processes equal a plain sequential loop bit for bit; videos; errors."""
+"""utils/evaluate.py: batched waves of episodes, in this process or in workers, equal a plain sequential loop bit for bit;
+videos; errors."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 
 import numpy as np
 import pytest
 
+from utils import evaluate
 from utils.data import make_env
 from utils.errors import UserError
 from utils.evaluate import VIDEO_FRAME_SKIP, Evaluator, default_workers
@@ -71,14 +74,17 @@ def sequential(seeds, chunk_fn=None, env_name=ENV, max_steps=T):
 
 class Recorder:
     """The batched policy: the per-episode chunks of ``chunk_fn``, computed in numpy (batching cannot change
-    them), and a record of every observation it was given."""
+    them), and a record of every observation it was given, one list per wave (the chunk index restarts at 0)."""
 
     def __init__(self, chunk_fn=None):
-        self.chunk_fn, self.calls = chunk_fn or chunk_for, []
+        self.chunk_fn, self.waves = chunk_fn or chunk_for, []
 
     def __call__(self, obs: np.ndarray, chunk: int) -> np.ndarray:
-        assert obs.dtype == np.float32 and chunk == len(self.calls)
-        self.calls.append(obs.copy())
+        assert obs.dtype == np.float32
+        if chunk == 0:
+            self.waves.append([])
+        assert chunk == len(self.waves[-1])
+        self.waves[-1].append(obs.copy())
         return np.stack([np.stack([self.chunk_fn(i, e, obs[i, e]) for e in range(obs.shape[1])]) for i in range(obs.shape[0])])
 
 
@@ -91,42 +97,44 @@ def reference():
     return ref
 
 
-def check_against(reference, results, rec: Recorder, horizon: int = H):
-    """Per-seed means and every observation the policy saw equal the sequential loop's, bit for bit."""
+def check_against(reference, results, rec: Recorder, max_envs: int, horizon: int = H):
+    """Per-seed means equal the sequential loop's, and, wave by wave (``max_envs`` consecutive episodes of the flat
+    order seed * E + e), one policy call per chunk step, during which each episode of the wave is shown exactly the
+    observations of the sequential loop, then its last one."""
     N, E = max(i for i, _ in reference) + 1, max(e for _, e in reference) + 1
-    assert len(rec.calls) == -(-max(r["length"] for r in reference.values()) // horizon)  # one call per chunk step
+    waves = [[divmod(k, E) for k in range(start, min(start + max_envs, N * E))] for start in range(0, N * E, max_envs)]
+    assert len(rec.waves) == len(waves)
+    for calls, episodes in zip(rec.waves, waves, strict=True):
+        assert len(calls) == math.ceil(max(reference[ep]["length"] for ep in episodes) / horizon)
+        for i, e in episodes:
+            seen, final = reference[i, e]["seen"], reference[i, e]["final"]
+            np.testing.assert_array_equal(np.stack([c[i, e] for c in calls[: len(seen)]]), np.stack(seen))
+            for c in calls[len(seen):]:
+                np.testing.assert_array_equal(c[i, e], final)
     for i in range(N):
         eps = [reference[i, e] for e in range(E)]
         assert results[i] == {"success": np.mean([r["success"] for r in eps]), "return": np.mean([r["return"] for r in eps]),
-                              "length": np.mean([r["length"] for r in eps]), "policy_calls": float(len(rec.calls))}
-        for e, r in enumerate(eps):
-            n = len(r["seen"])
-            np.testing.assert_array_equal(np.stack([c[i, e] for c in rec.calls[:n]]), np.stack(r["seen"]))
-            for c in rec.calls[n:]:  # a finished episode keeps getting its last observation
-                np.testing.assert_array_equal(c[i, e], r["final"])
+                              "length": np.mean([r["length"] for r in eps]), "policy_calls": float(sum(map(len, rec.waves)))}
 
 
-def test_in_process_equals_sequential_loop(reference):
-    with Evaluator(ENV, 2, 3, workers=0, max_episode_steps=T) as ev:
+@pytest.mark.parametrize("workers, max_envs", [(0, 16), (0, 4), (2, 4), (3, 5)])
+def test_waves_equal_sequential_loop(reference, monkeypatch, workers, max_envs):
+    """2 x 3 episodes: one wave in this process; waves of 4 + 2 episodes in this process (4 envs, no more); waves of
+    4 + 2 on 2 workers (2 envs each); waves of 5 + 1 on 3 workers (2, 2 and 1 envs; the last wave on one worker)."""
+    made = []
+    monkeypatch.setattr(evaluate, "make_env", lambda *a, **k: made.append(1) or make_env(*a, **k))  # this process only
+    with Evaluator(ENV, 2, 3, workers=workers, max_episode_steps=T, max_envs=max_envs) as ev:
         for _ in range(2):  # a second run on the same envs gives the same episodes
             rec = Recorder()
-            check_against(reference, ev.run(rec, SEEDS), rec)
-
-
-def test_workers_equal_sequential_loop(reference):
-    """Two workers, three envs each."""
-    with Evaluator(ENV, 2, 3, workers=2, max_episode_steps=T) as ev:
-        for _ in range(2):
-            rec = Recorder()
-            check_against(reference, ev.run(rec, SEEDS), rec)
+            check_against(reference, ev.run(rec, SEEDS), rec, max_envs)
+    assert len(made) == (min(max_envs, 6) if workers == 0 else 0)
 
 
 @pytest.mark.parametrize("env_name, horizon, action_dim", [("puzzle-3x3-play-singletask-task1-v0", 5, 5),
                                                           ("scene-play-singletask-task1-v0", 5, 5),
                                                           ("antmaze-large-navigate-singletask-task1-v0", 1, 8)])
 def test_other_domains_equal_sequential_loop(env_name, horizon, action_dim):
-    """Puzzle (its two envs share one compiled model), scene (its own model and pre_step; no info dict) and a
-    maze (start noise from numpy's global RNG, H = 1)."""
+    """Puzzle, scene and a maze (its start noise comes from numpy's global RNG; H = 1), one env for two waves."""
 
     def chunk_fn(i, e, obs):
         w = np.random.default_rng(100 * i + e).normal(size=(obs.size, horizon * action_dim)) / np.sqrt(obs.size)
@@ -136,9 +144,9 @@ def test_other_domains_equal_sequential_loop(env_name, horizon, action_dim):
     ref = sequential(seeds, chunk_fn, env_name, max_steps=12)
     np.random.seed(123)
     caller_rng = np.random.get_state()[1].copy()
-    with Evaluator(env_name, 1, 2, workers=0, max_episode_steps=12) as ev:
+    with Evaluator(env_name, 1, 2, workers=0, max_episode_steps=12, max_envs=1) as ev:
         rec = Recorder(chunk_fn)
-        check_against(ref, ev.run(rec, seeds), rec, horizon)
+        check_against(ref, ev.run(rec, seeds), rec, 1, horizon)
     np.testing.assert_array_equal(np.random.get_state()[1], caller_rng)  # the caller's global RNG is left alone
 
 
@@ -147,21 +155,24 @@ def check_video(path: str, length: int) -> None:
 
     with imageio.get_reader(path, format="FFMPEG") as reader:
         frames = np.stack(list(reader.iter_data()))  # (list(reader) asks its length: unknown, "inf")
-    assert frames.shape == (length // VIDEO_FRAME_SKIP, 200, 200, 3) and frames.dtype == np.uint8
+    assert frames.shape == (1 + math.ceil(length / VIDEO_FRAME_SKIP), 200, 200, 3) and frames.dtype == np.uint8
     assert frames.std() > 10  # a picture, not a blank frame
     assert np.abs(frames[-1].astype(int) - frames[0]).mean() > 1  # the arm moved
 
 
-def test_video_with_workers_0_renders_in_a_process_of_its_own(tmp_path, monkeypatch):
-    """This process says MUJOCO_GL=disable: a render process started with EGL replays episode 0 of seed 1
-    (a worker does the same when workers > 0). Seed 0's video is not asked for."""
+@pytest.mark.parametrize("workers", [0, 2])
+def test_videos_render_in_a_worker(tmp_path, monkeypatch, workers):
+    """This process says MUJOCO_GL=disable: with workers=0 a render process replays episode 0 of seed 1 (seed 0's
+    video is not asked for); with 2 workers, each replays one seed's. Episodes of 29 and 30 steps (the limit)."""
     monkeypatch.setenv("MUJOCO_GL", "disable")
-    path = str(tmp_path / "videos" / "step_7.mp4")
-    with Evaluator(ENV, 2, 1, workers=0, max_episode_steps=30) as ev:
-        res = ev.run(Recorder(), [[9], [2]], videos=[None, path])
-    assert res[0]["length"] == 29 and res[1]["length"] == 30  # episodes of different lengths
-    check_video(path, 30)
-    assert os.listdir(tmp_path / "videos") == ["step_7.mp4"]  # no temp file left behind
+    paths = [str(tmp_path / "videos" / f"seed{i}.mp4") for i in range(2)]
+    with Evaluator(ENV, 2, 1, workers=workers, max_episode_steps=30) as ev:
+        res = ev.run(Recorder(), [[9], [2]], videos=[paths[0] if workers else None, paths[1]])
+    assert res[0]["length"] == 29 and res[1]["length"] == 30
+    check_video(paths[1], 30)
+    if workers:
+        check_video(paths[0], 29)
+    assert sorted(os.listdir(tmp_path / "videos")) == ["seed0.mp4", "seed1.mp4"][1 - bool(workers):]  # no temp file left
 
 
 def test_worker_errors_and_a_killed_worker():
@@ -169,11 +180,12 @@ def test_worker_errors_and_a_killed_worker():
     gives one clear error (no hang) and closes the evaluator."""
     ev = Evaluator(ENV, 1, 2, workers=2, max_episode_steps=6)
     try:
+        assert [r["length"] for r in ev.run(Recorder(), [[1, 0]])] == [6.0]  # first: an env whose first reset failed cannot step
         with pytest.raises(RuntimeError, match=r"(?s)evaluation worker 0 \(pid \d+\) failed:.*Traceback"):
             ev.run(Recorder(), [[-1, 0]])  # gymnasium refuses a negative seed
         assert [r["length"] for r in ev.run(Recorder(), [[2, 0]])] == [6.0]
         os.kill(ev._hosts[1].proc.pid, signal.SIGKILL)
-        with pytest.raises(RuntimeError, match=r"evaluation worker 1 \(pid \d+\) died"):
+        with pytest.raises(RuntimeError, match=r"evaluation worker 1 \(pid \d+\) died \(exit code -9\)"):
             ev.run(Recorder(), [[2, 0]])
         with pytest.raises(RuntimeError, match="closed"):
             ev.run(Recorder(), [[2, 0]])
@@ -185,14 +197,18 @@ def test_user_errors():
     for workers in (0, 1):  # before any worker is started
         with pytest.raises(UserError, match="unknown env"):
             Evaluator("cube-sextuple-play-singletask-task1-v0", 1, 1, workers=workers)
-    with pytest.raises(UserError, match="at least one"):
-        Evaluator(ENV, 0, 1, workers=0)
+    for bad in ({"num_seeds": 0}, {"max_envs": 0}, {"workers": -1}, {"max_episode_steps": 0}):
+        with pytest.raises(UserError, match="at least one"):
+            Evaluator(**{"env_name": ENV, "num_seeds": 1, "episodes": 1, "workers": 0, **bad})
     with Evaluator(ENV, 1, 1, workers=0, max_episode_steps=4) as ev:
-        with pytest.raises(ValueError, match="shape"):
+        with pytest.raises(ValueError, match="shape|chunks"):
             ev.run(lambda obs, c: np.zeros((1, 1, 5)), [[0]])
         with pytest.raises(ValueError, match="reset_seeds"):
             ev.run(Recorder(), [[0, 1]])
-        assert ev.run(Recorder(), [[2]])[0]["length"] == 4  # still usable after a bad call
+        assert ev.run(Recorder(), [[2]])[0]["length"] == 4
+        with pytest.raises(RuntimeError, match=r"(?s)in-process evaluation failed:.*Traceback"):
+            ev.run(Recorder(), [[-1]])
+        assert ev.run(Recorder(), [[2]])[0]["length"] == 4  # still usable after bad calls
 
 
 def test_default_workers():

@@ -1,511 +1,249 @@
-"""Evaluation episodes of N seeds x E episodes of one OGBench single-task env, stepped as one batch.
+"""Evaluation episodes of N seeds x E episodes of one OGBench single-task env, stepped in batched waves.
 
-Every chunk step makes one policy call for all N*E episodes (DESIGN rule 4); the chunks then run
-open-loop (``np.clip(a, -1, 1)`` sent to the env) in ``workers`` worker processes, each holding an
-even share of the N*E envs and stepping only its unfinished episodes: one message per chunk step
-per worker. ``workers=0`` runs the same code in this process. MuJoCo is deterministic and an
-episode depends only on its reset seed and its actions, so the results do not depend on the
-number of workers or on which env ran which episode.
-
-Workers are started once (``spawn``: the parent has JAX initialised, ``fork`` is unsafe) with
-``MUJOCO_GL=egl`` and ``JAX_PLATFORMS=cpu`` in their environment, and reused by every ``run``.
-Videos: after the episodes, episode 0 of each chosen seed is replayed from its reset seed and
-actions by a worker (with ``workers=0``, by one render process started on first use), rendered
-offscreen every ``video_frame_skip`` env steps and written as an MP4, so rendering never slows
-the batched stepping and works when this process has ``MUJOCO_GL=disable``.
+The N*E episodes (flat index seed * E + episode) run in waves of up to ``max_envs`` consecutive
+episodes. A wave is stepped one chunk at a time: one policy call with all N*E observations (a fixed
+shape, so a jitted policy never retraces; chunks of episodes outside the wave or ended are ignored),
+then each live episode of the wave runs its chunk open-loop, clipped to [-1, 1]. The chunk index
+given to the policy restarts at 0 with every wave. ``min(max_envs, N*E)`` envs are made once and
+reused: env j of a wave is env j // W of worker j % W, for W ``workers`` spawned processes (0: this
+process), each sent one message per chunk step. An episode depends only on its reset seed and its
+actions, so the results are bit-identical for any ``workers`` and ``max_envs``. Videos: episode 0
+of a seed is replayed afterwards by a worker (with ``workers=0``, by a render process with one env).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import multiprocessing as mp
 import os
 import signal
+import tempfile
 import traceback
-import uuid
-from collections.abc import Callable, Iterator, Sequence
-from multiprocessing.connection import wait
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from utils.data import check_env, make_env
 from utils.errors import UserError
+from utils.files import atomic_write
 
-VIDEO_FRAME_SKIP = 2  # one frame every 2 env steps: 10 frames/s of OGBench's 20 Hz manipulation control
-VIDEO_SHADOW_SIZE = 1024  # shadow map of the video renderer (MuJoCo's 4096 costs 30% more per frame on a CPU)
-MAX_DEFAULT_WORKERS = 8
+VIDEO_FRAME_SKIP = 2  # a frame every 2 env steps (10 frames/s of the 20 Hz manipulation control)
+MAX_ENVS = 16  # envs of one Evaluator, all its processes together (an OGBench manipulation env holds ~170 MB)
 
 Policy = Callable[[np.ndarray, int], np.ndarray]
 
 
 def default_workers(num_envs: int) -> int:
-    """min(usable CPU cores, number of envs, 8); 0 (in-process) where that is 1, as one worker only adds messages."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    n = min(cores, num_envs, MAX_DEFAULT_WORKERS)
+    """min(usable cores, ``num_envs`` (the envs the Evaluator makes), 8); 0 (in-process) where that is 1."""
+    n = min(len(os.sched_getaffinity(0)), num_envs, 8)
     return 0 if n <= 1 else n
 
 
-# ------------------------------------------------------------------------- one env, made lighter
-def _skip_step_info(env) -> bool:
-    """ManipSpace envs build a full state dict for every step's ``info`` (one more ``compute_ob_info``);
-    evaluation reads only ``info['success']``, which ``step`` adds after it. Returns whether it applied."""
-    from ogbench.manipspace.envs.manipspace_env import ManipSpaceEnv
-
-    if isinstance(env, ManipSpaceEnv) and type(env).get_step_info is ManipSpaceEnv.get_step_info:
-        env.get_step_info = dict
-        return True
-    return False
-
-
-def _lean_pre_step(env) -> bool:
-    """The cube envs compute that state dict before every step too, only to keep it for the info (the scene and
-    puzzle envs read it in ``post_step``, so they keep theirs). Keep the two copies ``info`` reads, skip the rest."""
-    from ogbench.manipspace.envs.cube_env import CubeEnv
-    from ogbench.manipspace.envs.manipspace_env import ManipSpaceEnv
-
-    if type(env) is CubeEnv and CubeEnv.pre_step is ManipSpaceEnv.pre_step:
-        def pre_step() -> None:
-            env._prev_qpos = env._data.qpos.copy()
-            env._prev_qvel = env._data.qvel.copy()
-
-        env.pre_step = pre_step
-        return True
-    return False
-
-
-@contextlib.contextmanager
-def _shared_models(models: dict) -> Iterator[None]:
-    """While envs are made: compile each distinct MJCF text (+ assets) once and hand every env of this process
-    the same ``MjModel`` (``models`` is the cache). An OGBench manipulation model holds ~60 MB of meshes, their
-    BVH and the skybox, its IK model ~30 MB more: ~150 MB per env otherwise, ~45 MB with sharing. Only for
-    models that no env writes while stepping, except colours (see ``_Episode``)."""
-    import mujoco
-
-    compile_xml = mujoco.MjModel.from_xml_string
-
-    def from_xml_string(xml, assets=None):
-        key = (xml, tuple(sorted((name, hashlib.sha1(data).digest()) for name, data in (assets or {}).items())))
-        if key not in models:
-            models[key] = compile_xml(xml, assets) if assets is not None else compile_xml(xml)
-        return models[key]
-
-    mujoco.MjModel.from_xml_string = from_xml_string
-    try:
-        yield
-    finally:
-        mujoco.MjModel.from_xml_string = compile_xml
-
-
-def _shares_its_model(env) -> bool:
-    """The cube and puzzle envs write only geom colours into their model while stepping (rendering, not physics);
-    the scene env also switches joint damping (its drawer and window locks), so it keeps a model of its own.
-    The IK model inside every manipulation env is only read."""
-    from ogbench.manipspace.envs.cube_env import CubeEnv
-    from ogbench.manipspace.envs.puzzle_env import PuzzleEnv
-
-    return type(env) in (CubeEnv, PuzzleEnv)
-
-
-class _Episode:
-    """One env and the state of its current episode. Stepped without gymnasium's wrappers (their checks cost
-    about 6% of a step); the time limit is counted here as ``TimeLimit`` counts it. With ``models`` (a cache
-    shared by the envs of one process) the env shares compiled models with the others where that is safe."""
-
-    def __init__(self, env_name: str, max_episode_steps: int | None, models: dict | None = None):
-        limit = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
-        with _shared_models(models) if models is not None else contextlib.nullcontext():
-            env = make_env(env_name, disable_env_checker=True, **limit)  # the IK model is compiled here
-        self.limit = env.spec.max_episode_steps if env.spec is not None else None
-        self.env = env.unwrapped
-        _skip_step_info(self.env)
-        _lean_pre_step(self.env)
-        self.action_dim = int(np.prod(env.action_space.shape))
-        if models is not None and _shares_its_model(self.env):
-            with _shared_models(models):
-                self.reset(0)  # the env's own model is compiled at its first reset
-
-    def reset(self, seed: int) -> None:
-        """Reset with ``seed``. OGBench's mazes draw the start's noise from numpy's global RNG (before their own
-        RNG is seeded): seed that from ``seed`` as well, so an episode is a function of its reset seed, and leave
-        the global RNG as it was. (Teleport mazes also draw from it in ``step``: they stay unreproducible.)"""
-        saved = np.random.get_state()
-        np.random.seed(int(seed) % 2**32)
-        try:
-            self.obs = self.env.reset(seed=int(seed))[0]
-        finally:
-            np.random.set_state(saved)
-        self.ret, self.length, self.done, self.success = 0.0, 0, False, 0.0
-
-    def step(self, action: np.ndarray) -> None:
-        self.obs, reward, terminated, truncated, info = self.env.step(action)
-        self.ret += float(reward)
-        self.length += 1
-        if terminated or truncated or (self.limit is not None and self.length >= self.limit):
-            self.done, self.success = True, float(info.get("success", 0.0))
-
-    def run_chunk(self, chunk: np.ndarray) -> None:
-        """Run an (H, A) chunk open-loop, clipped to [-1, 1], until it ends or the episode does."""
-        for a in np.clip(chunk, -1.0, 1.0):
-            self.step(a)
-            if self.done:
-                return
-
-
-# ----------------------------------------------------------- what a process does with its envs
-class _Group:
-    """The envs of one process (a worker, or this one with ``workers=0``) and the messages it answers."""
-
-    def __init__(self, env_name: str, count: int, max_episode_steps: int | None, frame_skip: int):
-        self.env_name, self.max_episode_steps, self.frame_skip = env_name, max_episode_steps, frame_skip
-        models: dict = {}
-        self.episodes = [_Episode(env_name, max_episode_steps, models) for _ in range(count)]
-        self.video_episode: _Episode | None = None
-
-    def handle(self, msg: tuple):
-        kind, *args = msg
-        return getattr(self, kind)(*args)
-
-    def reset(self, seeds: Sequence[int]) -> tuple[np.ndarray, int]:
-        for ep, seed in zip(self.episodes, seeds, strict=True):
-            ep.reset(seed)
-        return self._obs(range(len(self.episodes))), self.episodes[0].action_dim
-
-    def step(self, slots: np.ndarray, chunks: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Run chunk j on the episode in slot ``slots[j]``; return their obs, returns, lengths, done and success."""
-        for s, chunk in zip(slots, chunks, strict=True):
-            self.episodes[s].run_chunk(chunk)
-        eps = [self.episodes[s] for s in slots]
-        return (self._obs(slots), np.array([e.ret for e in eps]), np.array([e.length for e in eps]),
-                np.array([e.done for e in eps]), np.array([e.success for e in eps]))
-
-    def _obs(self, slots) -> np.ndarray:
-        return np.stack([np.asarray(self.episodes[s].obs, np.float32) for s in slots])
-
-    def video(self, seed: int, actions: np.ndarray, path: str, final_obs: np.ndarray) -> None:
-        """Replay an evaluated episode (reset seed, executed actions) in a separate env, render every
-        ``frame_skip``-th step (at least one frame) and write the MP4 atomically; a replay that does not end
-        where the episode did is an error, and writes nothing."""
-        if self.video_episode is None:
-            self.video_episode = ep = _Episode(self.env_name, self.max_episode_steps)
-            ep.reset(seed)  # builds the model, so the renderer is made with the smaller shadow map
-            model = getattr(ep.env, "model", None)
-            if model is not None and hasattr(model, "vis"):
-                model.vis.quality.shadowsize = min(model.vis.quality.shadowsize, VIDEO_SHADOW_SIZE)
-        ep = self.video_episode
-        ep.reset(seed)
-        with _mp4_writer(path, _control_hz(ep.env) / self.frame_skip) as append:
-            for a in np.clip(actions, -1.0, 1.0):
-                ep.step(a)
-                if ep.length % self.frame_skip == 0 or (ep.done and ep.length < self.frame_skip):
-                    append(ep.env.render())
-                if ep.done:
-                    break
-            if ep.length != len(actions) or not ep.done or not np.array_equal(np.asarray(ep.obs, np.float32), final_obs):
-                raise RuntimeError(f"the video replay of reset seed {seed} did not reproduce the evaluated episode ({path})")
-
-
-def _control_hz(env) -> float:
-    """Env steps per second: gymnasium's MuJoCo envs have ``dt``, OGBench's manipulation envs a control timestep."""
-    dt = getattr(env, "dt", None)
-    if dt is None and hasattr(env, "control_timestep"):
-        dt = env.control_timestep()
-    return 1.0 / dt if dt else 20.0
-
-
-@contextlib.contextmanager
-def _mp4_writer(path: str, fps: float) -> Iterator[Callable[[np.ndarray], None]]:
-    """Frames go to a hidden temp ``.mp4`` in the same directory (H.264 by imageio's ffmpeg), renamed onto
-    ``path`` once complete; on any error the temp file is removed and ``path`` is left as it was."""
-    import imageio.v2 as imageio
-
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}.mp4")
-    try:
-        writer = imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", macro_block_size=2)
-        try:
-            yield writer.append_data
-        finally:
-            writer.close()
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-
-
-# ------------------------------------------------------------------------ processes and messages
-def _worker_main(conn, env_name: str, count: int, max_episode_steps: int | None, frame_skip: int) -> None:
-    """A worker: make its envs, then answer messages until told to close or the parent goes away.
-    Replies are ("ok", value) or ("error", is_user_error, text). Ctrl-C is the parent's to handle."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    group, failure = None, None
-    try:
-        group = _Group(env_name, count, max_episode_steps, frame_skip)
-    except BaseException as e:  # reported at the first message
-        failure = e
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return
-        if msg[0] == "close":
-            return
-        try:
-            if failure is not None:
-                raise failure
-            reply = ("ok", group.handle(msg))
-        except BaseException as e:
-            text = str(e) if isinstance(e, UserError) else traceback.format_exc()
-            reply = ("error", isinstance(e, UserError), text)
-        try:
-            conn.send(reply)
-        except (BrokenPipeError, OSError):
-            return
-
-
-@contextlib.contextmanager
-def _environ(**values: str) -> Iterator[None]:
-    """Set environment variables while a child process is started (spawn copies this process's environment)."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _worker_environ() -> dict[str, str]:
-    """MuJoCo renders with EGL unless this process names another backend; the workers never use an accelerator
-    (a spawned worker imports the main script again: it must not initialise JAX on the GPU)."""
-    gl = os.environ.get("MUJOCO_GL", "")
-    gl = "egl" if gl in ("", "disable") else gl
-    return {"MUJOCO_GL": gl, "JAX_PLATFORMS": "cpu", **({"PYOPENGL_PLATFORM": gl} if gl in ("egl", "osmesa") else {})}
-
-
-class _WorkerDied(RuntimeError):
-    pass
-
-
-class _LocalHost:
-    """``workers=0``: the same messages, answered in this process (errors are raised as they are)."""
+class _Envs:
+    """The envs of one process and their episodes. ``send(msg)`` runs ``reset``, ``step``, ``video`` or ``close``;
+    ``recv()`` returns ("ok", value), ("user", message) for a UserError or ("error", traceback): a worker's replies."""
 
     name = "in-process evaluation"
 
-    def __init__(self, group: _Group):
-        self.group, self.pending = group, []
+    def __init__(self, env_name: str, count: int, limit: dict):
+        self.envs = [make_env(env_name, **limit) for _ in range(count)]
+        self.obs, self.ret, self.length = [None] * count, np.zeros(count), np.zeros(count, np.int64)
+        self.done, self.success = np.zeros(count, bool), np.zeros(count)
 
     def send(self, msg: tuple) -> None:
-        self.pending.append(("ok", self.group.handle(msg)))
+        try:
+            self.reply = ("ok", getattr(self, msg[0])(*msg[1:]))
+        except Exception as e:
+            self.reply = ("user", str(e)) if isinstance(e, UserError) else ("error", traceback.format_exc())
 
-    def recv(self):
-        return self.pending.pop(0)
+    def recv(self) -> tuple:
+        return self.reply
 
-    def stop(self) -> None:
-        pass
+    def reset(self, slots: Sequence[int], seeds: Sequence[int]) -> np.ndarray:
+        """Reset env ``slots[j]`` with ``seeds[j]``. OGBench's mazes draw their start noise from numpy's global RNG:
+        it is seeded from the reset seed too (an episode is a function of its reset seed) and restored after."""
+        for s, seed in zip(slots, seeds, strict=True):
+            saved = np.random.get_state()
+            np.random.seed(int(seed) % 2**32)
+            try:
+                self.obs[s] = self.envs[s].reset(seed=int(seed))[0]
+            finally:
+                np.random.set_state(saved)
+            self.ret[s], self.length[s], self.done[s], self.success[s] = 0.0, 0, False, 0.0
+        return np.stack([self.obs[s] for s in slots]).astype(np.float32)
+
+    def step(self, slots: Sequence[int], chunks: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+        """Run chunk j on env ``slots[j]`` until it or the episode ends; return those envs' obs, return, length, done, success."""
+        for s, chunk in zip(slots, chunks, strict=True):
+            for a in np.clip(chunk, -1.0, 1.0):
+                self.obs[s], r, terminated, truncated, info = self.envs[s].step(a)
+                self.ret[s], self.length[s] = self.ret[s] + float(r), self.length[s] + 1
+                if terminated or truncated:
+                    self.done[s], self.success[s] = True, float(info.get("success", 0.0))
+                    break
+        obs = np.stack([self.obs[s] for s in slots]).astype(np.float32)
+        return obs, self.ret[slots], self.length[slots], self.done[slots], self.success[slots]
+
+    def video(self, seed: int, actions: np.ndarray, path: str, final_obs: np.ndarray) -> None:
+        """Replay an episode on env 0; write an MP4 of the state after the reset and after every VIDEO_FRAME_SKIP
+        steps to ``path`` (atomically). A replay that does not end where the episode did writes nothing."""
+        import imageio.v2 as imageio
+
+        env = self.envs[0].unwrapped
+        fps = 1.0 / (getattr(env, "dt", None) or env.control_timestep()) / VIDEO_FRAME_SKIP
+        with tempfile.TemporaryDirectory() as tmp:
+            with imageio.get_writer(f"{tmp}/video.mp4", format="FFMPEG", fps=fps, codec="libx264", macro_block_size=2) as out:
+                obs = self.reset([0], [seed])
+                out.append_data(env.render())
+                for t in range(0, len(actions), VIDEO_FRAME_SKIP):
+                    obs = self.step([0], [actions[t:t + VIDEO_FRAME_SKIP]])[0]
+                    out.append_data(env.render())
+                    if self.done[0]:
+                        break
+                if not (self.done[0] and self.length[0] == len(actions) and np.array_equal(obs[0], final_obs)):
+                    raise RuntimeError(f"the replay of reset seed {seed} did not reproduce the evaluated episode ({path})")
+            with open(f"{tmp}/video.mp4", "rb") as f:
+                atomic_write(path, f.read())
 
     def close(self) -> None:
-        self.pending = []
+        for env in self.envs:
+            env.close()
 
 
-class _WorkerHost:
-    """A spawned worker process and its pipe; ``pending`` counts sent messages whose reply is not read yet."""
+def _serve(conn, env_name: str, count: int, limit: dict) -> None:
+    """A worker: make the envs, then answer messages until told to close or the parent is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    envs = _Envs(env_name, count, limit)
+    with contextlib.suppress(EOFError, OSError):
+        while (msg := conn.recv())[0] != "close":
+            envs.send(msg)
+            conn.send(envs.recv())
 
-    def __init__(self, index: int, env_name: str, count: int, max_episode_steps: int | None, frame_skip: int):
+
+class _Worker:
+    """A spawned process running ``_serve`` (this process may have JAX initialised: fork is unsafe). It imports the
+    main script again: JAX is kept on the CPU there, and MuJoCo renders with EGL unless this process names a backend."""
+
+    def __init__(self, name: str, *args):
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, env_name, count, max_episode_steps, frame_skip),
-                                name=f"eval-worker-{index}", daemon=True)
-        with _environ(**_worker_environ()):
+        self.proc = ctx.Process(target=_serve, args=(child, *args), daemon=True)
+        gl = os.environ.get("MUJOCO_GL", "")
+        saved = {k: os.environ.get(k) for k in ("MUJOCO_GL", "JAX_PLATFORMS")}
+        os.environ.update(MUJOCO_GL="egl" if gl in ("", "disable") else gl, JAX_PLATFORMS="cpu")  # the child's environment
+        try:
             self.proc.start()
-        child.close()
-        self.name, self.pending = f"evaluation worker {index} (pid {self.proc.pid})", 0
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        child.close()  # the worker holds the only other end: its death is an EOF here, never a hang
+        self.name, self.send, self.recv = f"{name} (pid {self.proc.pid})", self.conn.send, self.conn.recv
 
-    def send(self, msg: tuple) -> None:
-        try:
-            self.conn.send(msg)
-        except (BrokenPipeError, OSError):
-            raise self._died() from None
-        self.pending += 1
-
-    def recv(self):
-        """The next reply, or the worker's death as an error (never a hang)."""
-        if self.conn not in wait([self.conn, self.proc.sentinel]):
-            raise self._died()
-        try:
-            reply = self.conn.recv()
-        except (EOFError, OSError):
-            raise self._died() from None
-        self.pending -= 1
-        return reply
-
-    def _died(self) -> RuntimeError:
-        self.proc.join(timeout=1.0)
-        return _WorkerDied(f"{self.name} died (exit code {self.proc.exitcode}); its episodes are lost. "
-                           "The evaluator is closed: make a new one.")
-
-    def stop(self) -> None:
-        """Ask the worker to exit (``close`` waits for it)."""
-        with contextlib.suppress(BrokenPipeError, OSError):
-            self.conn.send(("close",))
-
-    def close(self) -> None:
-        self.stop()
+    def join(self) -> None:
+        """Wait for the worker to exit (terminated after 5 s)."""
         self.proc.join(timeout=5.0)
-        if self.proc.is_alive():
-            self.proc.terminate()
-            self.proc.join(timeout=5.0)
+        self.proc.terminate()  # (nothing, if it has exited)
         self.conn.close()
 
 
-# ---------------------------------------------------------------------------------- the evaluator
-class Evaluator:
-    """Evaluation episodes of N seeds x E episodes of one OGBench single-task env, stepped as a batch,
-    in ``workers`` worker processes (0 = in this process; more workers than envs are not started).
-
-    Workers are started here and make their envs in the background while the caller goes on; the first ``run``
-    waits for them. Use as a context manager, or call ``close``."""
+class Evaluator(contextlib.AbstractContextManager):
+    """N seeds x E episodes of one env in waves of up to ``max_envs`` episodes (see the module docstring), on
+    ``workers`` worker processes started here (0: this process; never more than envs). Use ``with``, or ``close``."""
 
     def __init__(self, env_name: str, num_seeds: int, episodes: int, workers: int,
-                 max_episode_steps: int | None = None, *, video_frame_skip: int = VIDEO_FRAME_SKIP):
-        if num_seeds < 1 or episodes < 1:
-            raise UserError(f"evaluation needs at least one seed and one episode, got {num_seeds} x {episodes}")
-        if workers < 0:
-            raise UserError(f"--eval-workers must be >= 0, got {workers}")
-        if max_episode_steps is not None and max_episode_steps < 1:
-            raise UserError(f"max_episode_steps must be positive, got {max_episode_steps}")
-        if video_frame_skip < 1:
-            raise UserError(f"video_frame_skip must be positive, got {video_frame_skip}")
+                 max_episode_steps: int | None = None, *, max_envs: int = MAX_ENVS):
+        if min(num_seeds, episodes, max_envs, 1 if max_episode_steps is None else max_episode_steps) < 1 or workers < 0:
+            raise UserError(f"evaluation needs at least one seed, episode, env and step, and workers >= 0; got {num_seeds} "
+                            f"seeds, {episodes} episodes, max_envs {max_envs}, max_episode_steps {max_episode_steps}, {workers} workers")
         check_env(env_name)
         self.env_name, self.num_seeds, self.episodes = env_name, num_seeds, episodes
-        self.max_episode_steps, self.video_frame_skip = max_episode_steps, video_frame_skip
-        n = num_seeds * episodes
-        self.workers = min(workers, n)
-        self._slices = np.array_split(np.arange(n), max(self.workers, 1))  # env i of host h: flat index _slices[h][i]
-        self._render_host: _WorkerHost | None = None
-        self._hosts: list[_LocalHost | _WorkerHost] = []
-        self._closed = False
+        self.limit = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
+        self.num_envs = min(max_envs, num_seeds * episodes)
+        self.workers = min(workers, self.num_envs)
+        self._hosts: list[_Envs | _Worker] = []
         try:
             if self.workers == 0:
-                self._hosts = [_LocalHost(_Group(env_name, n, max_episode_steps, video_frame_skip))]
-            else:
-                for h, idx in enumerate(self._slices):
-                    self._hosts.append(_WorkerHost(h, env_name, len(idx), max_episode_steps, video_frame_skip))
+                self._hosts.append(_Envs(env_name, self.num_envs, self.limit))
+            for h in range(self.workers):
+                self._hosts.append(_Worker(f"evaluation worker {h}", env_name, len(range(h, self.num_envs, self.workers)), self.limit))
         except BaseException:
             self.close()
             raise
-        self._action_dim: int | None = None
-
-    # ---- context manager
-    def __enter__(self) -> Evaluator:
-        return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.close()
-
     def close(self) -> None:
-        """Stop the workers (idempotent)."""
-        self._closed = True
-        hosts = [*self._hosts, *([self._render_host] if self._render_host else [])]
-        for host in hosts:  # all workers exit at once
-            host.stop()
+        """Close the envs and stop the workers, all at once (idempotent)."""
+        hosts, self._hosts = self._hosts, []
         for host in hosts:
-            with contextlib.suppress(Exception):
-                host.close()
-        self._hosts, self._render_host = [], None
+            with contextlib.suppress(OSError):
+                host.send(("close",))
+        for host in hosts:
+            if isinstance(host, _Worker):
+                host.join()
 
-    # ---- messages
-    def _exchange(self, msgs: list[tuple[_LocalHost | _WorkerHost, tuple]]) -> list:
-        """Send every message, then read every reply (so the workers run in parallel); raise the first error
-        after all replies are in. A dead worker closes the evaluator."""
-        if self._closed:
+    def _exchange(self, msgs: dict[int, tuple]) -> dict:
+        """Send host h its message for every h, then read every reply (the workers run in parallel); a worker's error
+        is raised once all replies are in. A dead worker, or an interruption with replies unread, closes the evaluator."""
+        if not self._hosts:
             raise RuntimeError("this Evaluator is closed")
+        hosts, replies = self._hosts, {}
         try:
-            for host in {id(h): h for h, _ in msgs}.values():
-                while host.pending:  # replies left over from an interrupted run
-                    host.recv()
-            for host, msg in msgs:
-                host.send(msg)
-            replies = [host.recv() for host, _ in msgs]
-        except _WorkerDied:
+            for h, msg in msgs.items():
+                hosts[h].send(msg)
+            for h in msgs:
+                replies[h] = hosts[h].recv()
+        except BaseException as e:
             self.close()
+            if isinstance(e, (EOFError, OSError)):
+                raise RuntimeError(f"{hosts[h].name} died (exit code {hosts[h].proc.exitcode}); the evaluator is closed") from None
             raise
-        for (host, _), reply in zip(msgs, replies, strict=True):
-            if reply[0] == "error":
-                if reply[1]:
-                    raise UserError(reply[2])
-                raise RuntimeError(f"{host.name} failed:\n{reply[2]}")
-        return [reply[1] for reply in replies]
+        for h, (status, value) in replies.items():
+            if status != "ok":
+                raise UserError(value) if status == "user" else RuntimeError(f"{hosts[h].name} failed:\n{value}")
+        return {h: value for h, (_, value) in replies.items()}
 
-    # ---- episodes
     def run(self, policy: Policy, reset_seeds: Sequence[Sequence[int]], videos: Sequence[str | None] | None = None
             ) -> list[dict[str, float]]:
-        """Run the N x E episodes (env.reset(seed=reset_seeds[i][e])) to their ends.
+        """Run the N x E episodes (``env.reset(seed=reset_seeds[i][e])``) to their ends.
 
-        ``policy(obs (N, E, obs_dim) float32, chunk) -> (N, E, H, A)`` is called once per chunk step for all
-        episodes (``chunk`` = 0, 1, ...); finished episodes get their last observation, their actions are ignored.
-        ``videos``: None or N paths-or-None; episode 0 of seed i is written to ``videos[i]`` as an MP4.
-        Returns per seed ``{"success", "return", "length", "policy_calls"}``: means over its E episodes (success =
-        ``info['success']`` at the episode's end) and the number of policy calls of this run."""
-        if self._closed:
-            raise RuntimeError("this Evaluator is closed")
-        N, E = self.num_seeds, self.episodes
-        seeds = np.asarray(reset_seeds, dtype=np.int64)
-        if seeds.shape != (N, E):
-            raise ValueError(f"reset_seeds must be {N} lists of {E} ints, got shape {seeds.shape}")
-        if videos is not None and len(videos) != N:
-            raise ValueError(f"videos must be None or {N} paths-or-None, got {len(videos)}")
-        flat = seeds.reshape(-1)
-        replies = self._exchange([(h, ("reset", flat[idx].tolist())) for h, idx in zip(self._hosts, self._slices, strict=True)])
-        obs = np.concatenate([r[0] for r in replies])
-        self._action_dim = replies[0][1]
-        n = N * E
-        ret, length = np.zeros(n), np.zeros(n, np.int64)
-        done, success = np.zeros(n, bool), np.zeros(n)
-        video_idx = [i * E for i in range(N) if videos is not None and videos[i] is not None]
-        executed: dict[int, list[np.ndarray]] = {k: [] for k in video_idx}
+        ``policy(obs (N, E, obs_dim) float32, chunk) -> (N, E, H, A)`` is called once per chunk step of each wave
+        (an episode not yet run gets zeros, an ended one its last observation). ``videos``: None or N paths-or-None;
+        episode 0 of seed i is written to ``videos[i]`` as an MP4. Returns per seed the means over its E episodes of
+        ``success`` (``info['success']`` at the end), ``return`` and ``length``, and ``policy_calls`` of this run."""
+        N, E, W, n = self.num_seeds, self.episodes, max(self.workers, 1), self.num_seeds * self.episodes
+        if np.shape(reset_seeds) != (N, E) or (videos is not None and len(videos) != N):
+            raise ValueError(f"reset_seeds must be {N} lists of {E} ints and videos None or {N} paths-or-None")
+        seeds = np.asarray(reset_seeds, np.int64).reshape(n)
+        obs, ret, length, done, success = None, np.zeros(n), np.zeros(n, np.int64), np.zeros(n, bool), np.zeros(n)
+        filmed = {i * E: [] for i in range(N) if videos is not None and videos[i] is not None}
         calls = 0
-        while not done.all():
-            chunks = np.asarray(policy(obs.reshape(N, E, -1), calls))
-            calls += 1
-            if chunks.ndim != 4 or chunks.shape[:2] != (N, E) or chunks.shape[3] != self._action_dim or chunks.shape[2] < 1:
-                raise ValueError(f"the policy must return (N, E, H, A) = ({N}, {E}, H, {self._action_dim}) chunks, "
-                                 f"got shape {chunks.shape}")
-            chunks = chunks.reshape(n, *chunks.shape[2:])
-            msgs, parts = [], []
-            for h, idx in zip(self._hosts, self._slices, strict=True):
-                live = np.flatnonzero(~done[idx])
-                if live.size:
-                    msgs.append((h, ("step", live, chunks[idx[live]])))
-                    parts.append(idx[live])
-            before = length.copy()
-            for k, (o, r, ln, d, s) in zip(parts, self._exchange(msgs), strict=True):
-                obs[k], ret[k], length[k], done[k], success[k] = o, r, ln, d, s
-            for k in executed:
-                executed[k].append(chunks[k, : length[k] - before[k]].copy())
-        if video_idx:
-            self._videos([(int(flat[k]), np.concatenate(executed[k]), videos[k // E], obs[k]) for k in video_idx])
-        return [{"success": float(success[i * E:(i + 1) * E].mean()), "return": float(ret[i * E:(i + 1) * E].mean()),
-                 "length": float(length[i * E:(i + 1) * E].mean()), "policy_calls": float(calls)} for i in range(N)]
-
-    def _videos(self, jobs: list[tuple[int, np.ndarray, str, np.ndarray]]) -> None:
-        """Replay and render the video episodes, spread over the workers (or one render process), in parallel."""
-        if self.workers:
-            hosts = self._hosts
-        else:
-            if self._render_host is None:
-                self._render_host = _WorkerHost(0, self.env_name, 0, self.max_episode_steps, self.video_frame_skip)
-                self._render_host.name = f"video render process (pid {self._render_host.proc.pid})"
-            hosts = [self._render_host]
-        self._exchange([(hosts[j % len(hosts)], ("video", *job)) for j, job in enumerate(jobs)])
+        for start in range(0, n, self.num_envs):
+            wave = np.arange(start, min(start + self.num_envs, n))
+            parts = {h: wave[h::W] for h in range(min(W, wave.size))}  # episode wave[j] runs on env j // W of host j % W
+            for h, o in self._exchange({h: ("reset", np.arange(p.size), seeds[p]) for h, p in parts.items()}).items():
+                obs = np.zeros((n, o.shape[1]), np.float32) if obs is None else obs
+                obs[parts[h]] = o
+            chunk = 0
+            while not done[wave].all():
+                chunks = np.asarray(policy(obs.reshape(N, E, -1), chunk))
+                chunk, calls = chunk + 1, calls + 1
+                if chunks.ndim != 4 or chunks.shape[:2] != (N, E) or chunks.shape[2] < 1:
+                    raise ValueError(f"the policy must return (N, E, H, A) = ({N}, {E}, H >= 1, A) chunks, got {chunks.shape}")
+                chunks, before = chunks.reshape(n, *chunks.shape[2:]), length.copy()
+                live = {h: p[~done[p]] for h, p in parts.items() if not done[p].all()}
+                for h, (o, r, ln, d, s) in self._exchange({h: ("step", (k - start) // W, chunks[k]) for h, k in live.items()}).items():
+                    obs[live[h]], ret[live[h]], length[live[h]], done[live[h]], success[live[h]] = o, r, ln, d, s
+                for k, actions in filmed.items():
+                    actions.append(chunks[k, : length[k] - before[k]])  # empty outside the episode's wave
+        if filmed:
+            if self.workers == 0 and len(self._hosts) == 1:  # this process may have MUJOCO_GL=disable
+                self._hosts.append(_Worker("video render process", self.env_name, 1, self.limit))
+            hosts = list(range(self.workers)) or [1]
+            jobs = [("video", int(seeds[k]), np.concatenate(a), videos[k // E], obs[k]) for k, a in filmed.items()]
+            for i in range(0, len(jobs), len(hosts)):
+                self._exchange(dict(zip(hosts, jobs[i:i + len(hosts)], strict=False)))
+        means = [x.reshape(N, E).mean(1) for x in (success, ret, length)]
+        return [{"success": float(s), "return": float(r), "length": float(ln), "policy_calls": float(calls)}
+                for s, r, ln in zip(*means, strict=True)]
