@@ -1,14 +1,11 @@
-"""Evaluation episodes of N seeds x E episodes of one OGBench single-task env, stepped in batched waves.
+"""Evaluation episodes of N seeds x E episodes of one OGBench single-task env, in batched waves of up to ``max_envs``.
 
-The N*E episodes (flat index seed * E + episode) run in waves of up to ``max_envs`` consecutive
-episodes. A wave is stepped one chunk at a time: one policy call with all N*E observations (a fixed
-shape, so a jitted policy never retraces; chunks of episodes outside the wave or ended are ignored),
-then each live episode of the wave runs its chunk open-loop, clipped to [-1, 1]. The chunk index
-given to the policy restarts at 0 with every wave. ``min(max_envs, N*E)`` envs are made once and
-reused: env j of a wave is env j // W of worker j % W, for W ``workers`` spawned processes (0: this
-process), each sent one message per chunk step. An episode depends only on its reset seed and its
-actions, so the results are bit-identical for any ``workers`` and ``max_envs``. Videos: episode 0
-of a seed is replayed afterwards by a worker (with ``workers=0``, by a render process with one env).
+A wave (consecutive flat indices seed * E + episode) is stepped one chunk at a time: one policy call with all N*E
+observations (a fixed shape: a jitted policy never retraces; chunks of episodes outside the wave or ended are ignored),
+then each live episode runs its chunk open-loop, clipped to [-1, 1]; the chunk index restarts at 0 with every wave.
+``min(max_envs, N*E)`` envs are made once and reused: env j of a wave is env j // W of worker j % W (W ``workers``
+spawned processes, or this one), one message per worker per chunk step. An episode depends only on its reset seed
+and its actions, so the results are bit-identical for any ``workers`` and ``max_envs``.
 """
 
 from __future__ import annotations
@@ -20,7 +17,9 @@ import signal
 import tempfile
 import traceback
 from collections.abc import Callable, Sequence
+from unittest import mock
 
+import imageio.v2 as imageio
 import numpy as np
 
 from utils.data import check_env, make_env
@@ -30,8 +29,6 @@ from utils.files import atomic_write
 VIDEO_FRAME_SKIP = 2  # a frame every 2 env steps (10 frames/s of the 20 Hz manipulation control)
 MAX_ENVS = 16  # envs of one Evaluator, all its processes together (an OGBench manipulation env holds ~170 MB)
 
-Policy = Callable[[np.ndarray, int], np.ndarray]
-
 
 def default_workers(num_envs: int) -> int:
     """min(usable cores, ``num_envs`` (the envs the Evaluator makes), 8); 0 (in-process) where that is 1."""
@@ -40,21 +37,18 @@ def default_workers(num_envs: int) -> int:
 
 
 class _Envs:
-    """The envs of one process and their episodes. ``send(msg)`` runs ``reset``, ``step``, ``video`` or ``close``;
-    ``recv()`` returns ("ok", value), ("user", message) for a UserError or ("error", traceback): a worker's replies."""
-
-    name = "in-process evaluation"
+    """The envs of one process; ``send(msg)`` runs one of its methods, ``recv()`` gives ("ok", value) or ("error", traceback)."""
 
     def __init__(self, env_name: str, count: int, limit: dict):
-        self.envs = [make_env(env_name, **limit) for _ in range(count)]
-        self.obs, self.ret, self.length = [None] * count, np.zeros(count), np.zeros(count, np.int64)
-        self.done, self.success = np.zeros(count, bool), np.zeros(count)
+        self.envs, self.name = [make_env(env_name, **limit) for _ in range(count)], "in-process evaluation"
+        self.obs = np.zeros((count, *self.envs[0].observation_space.shape), np.float32)  # each env's episode so far
+        self.ret, self.length, self.done, self.success = np.zeros((4, count))
 
     def send(self, msg: tuple) -> None:
         try:
             self.reply = ("ok", getattr(self, msg[0])(*msg[1:]))
-        except Exception as e:
-            self.reply = ("user", str(e)) if isinstance(e, UserError) else ("error", traceback.format_exc())
+        except Exception:
+            self.reply = ("error", traceback.format_exc())
 
     def recv(self) -> tuple:
         return self.reply
@@ -69,8 +63,8 @@ class _Envs:
                 self.obs[s] = self.envs[s].reset(seed=int(seed))[0]
             finally:
                 np.random.set_state(saved)
-            self.ret[s], self.length[s], self.done[s], self.success[s] = 0.0, 0, False, 0.0
-        return np.stack([self.obs[s] for s in slots]).astype(np.float32)
+            self.ret[s] = self.length[s] = self.done[s] = self.success[s] = 0.0
+        return self.obs[slots]
 
     def step(self, slots: Sequence[int], chunks: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
         """Run chunk j on env ``slots[j]`` until it or the episode ends; return those envs' obs, return, length, done, success."""
@@ -81,26 +75,21 @@ class _Envs:
                 if terminated or truncated:
                     self.done[s], self.success[s] = True, float(info.get("success", 0.0))
                     break
-        obs = np.stack([self.obs[s] for s in slots]).astype(np.float32)
-        return obs, self.ret[slots], self.length[slots], self.done[slots], self.success[slots]
+        return self.obs[slots], self.ret[slots], self.length[slots], self.done[slots], self.success[slots]
 
     def video(self, seed: int, actions: np.ndarray, path: str, final_obs: np.ndarray) -> None:
         """Replay an episode on env 0; write an MP4 of the state after the reset and after every VIDEO_FRAME_SKIP
         steps to ``path`` (atomically). A replay that does not end where the episode did writes nothing."""
-        import imageio.v2 as imageio
-
         env = self.envs[0].unwrapped
         fps = 1.0 / (getattr(env, "dt", None) or env.control_timestep()) / VIDEO_FRAME_SKIP
         with tempfile.TemporaryDirectory() as tmp:
             with imageio.get_writer(f"{tmp}/video.mp4", format="FFMPEG", fps=fps, codec="libx264", macro_block_size=2) as out:
-                obs = self.reset([0], [seed])
+                self.reset([0], [seed])
                 out.append_data(env.render())
                 for t in range(0, len(actions), VIDEO_FRAME_SKIP):
-                    obs = self.step([0], [actions[t:t + VIDEO_FRAME_SKIP]])[0]
+                    self.step([0], [actions[t:t + VIDEO_FRAME_SKIP]])
                     out.append_data(env.render())
-                    if self.done[0]:
-                        break
-                if not (self.done[0] and self.length[0] == len(actions) and np.array_equal(obs[0], final_obs)):
+                if not (self.done[0] and self.length[0] == len(actions) and np.array_equal(self.obs[0], final_obs)):
                     raise RuntimeError(f"the replay of reset seed {seed} did not reproduce the evaluated episode ({path})")
             with open(f"{tmp}/video.mp4", "rb") as f:
                 atomic_write(path, f.read())
@@ -121,49 +110,34 @@ def _serve(conn, env_name: str, count: int, limit: dict) -> None:
 
 
 class _Worker:
-    """A spawned process running ``_serve`` (this process may have JAX initialised: fork is unsafe). It imports the
-    main script again: JAX is kept on the CPU there, and MuJoCo renders with EGL unless this process names a backend."""
+    """A spawned process running ``_serve`` (fork is unsafe once JAX runs). It imports the main script again: JAX stays
+    on the CPU there, and MuJoCo renders with EGL unless this process names another backend than ``disable``."""
 
     def __init__(self, name: str, *args):
-        ctx = mp.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child, *args), daemon=True)
+        self.conn, child = mp.Pipe()
+        self.proc = mp.get_context("spawn").Process(target=_serve, args=(child, *args), daemon=True)
         gl = os.environ.get("MUJOCO_GL", "")
-        saved = {k: os.environ.get(k) for k in ("MUJOCO_GL", "JAX_PLATFORMS")}
-        os.environ.update(MUJOCO_GL="egl" if gl in ("", "disable") else gl, JAX_PLATFORMS="cpu")  # the child's environment
-        try:
-            self.proc.start()
-        finally:
-            for k, v in saved.items():
-                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        with mock.patch.dict(os.environ, MUJOCO_GL="egl" if gl in ("", "disable") else gl, JAX_PLATFORMS="cpu"):
+            self.proc.start()  # (in this environment)
         child.close()  # the worker holds the only other end: its death is an EOF here, never a hang
         self.name, self.send, self.recv = f"{name} (pid {self.proc.pid})", self.conn.send, self.conn.recv
 
-    def join(self) -> None:
-        """Wait for the worker to exit (terminated after 5 s)."""
-        self.proc.join(timeout=5.0)
-        self.proc.terminate()  # (nothing, if it has exited)
-        self.conn.close()
-
 
 class Evaluator(contextlib.AbstractContextManager):
-    """N seeds x E episodes of one env in waves of up to ``max_envs`` episodes (see the module docstring), on
-    ``workers`` worker processes started here (0: this process; never more than envs). Use ``with``, or ``close``."""
+    """N seeds x E episodes of one env in waves of up to ``max_envs`` (module docstring), on ``workers`` processes
+    started here (0: this process; at most one per env). Videos are rendered by a worker (or one render process)."""
 
     def __init__(self, env_name: str, num_seeds: int, episodes: int, workers: int,
                  max_episode_steps: int | None = None, *, max_envs: int = MAX_ENVS):
-        if min(num_seeds, episodes, max_envs, 1 if max_episode_steps is None else max_episode_steps) < 1 or workers < 0:
-            raise UserError(f"evaluation needs at least one seed, episode, env and step, and workers >= 0; got {num_seeds} "
-                            f"seeds, {episodes} episodes, max_envs {max_envs}, max_episode_steps {max_episode_steps}, {workers} workers")
+        if min(num_seeds, episodes, max_envs) < 1 or workers < 0:
+            raise UserError(f"seeds, episodes, max_envs must be >= 1, workers >= 0; got {num_seeds}, {episodes}, {max_envs}, {workers}")
         check_env(env_name)
         self.env_name, self.num_seeds, self.episodes = env_name, num_seeds, episodes
         self.limit = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
         self.num_envs = min(max_envs, num_seeds * episodes)
         self.workers = min(workers, self.num_envs)
-        self._hosts: list[_Envs | _Worker] = []
+        self._hosts: list[_Envs | _Worker] = [] if self.workers else [_Envs(env_name, self.num_envs, self.limit)]
         try:
-            if self.workers == 0:
-                self._hosts.append(_Envs(env_name, self.num_envs, self.limit))
             for h in range(self.workers):
                 self._hosts.append(_Worker(f"evaluation worker {h}", env_name, len(range(h, self.num_envs, self.workers)), self.limit))
         except BaseException:
@@ -179,9 +153,9 @@ class Evaluator(contextlib.AbstractContextManager):
         for host in hosts:
             with contextlib.suppress(OSError):
                 host.send(("close",))
-        for host in hosts:
-            if isinstance(host, _Worker):
-                host.join()
+        for proc in [host.proc for host in hosts if isinstance(host, _Worker)]:
+            proc.join(timeout=5.0)
+            proc.terminate()  # (nothing, if it has exited)
 
     def _exchange(self, msgs: dict[int, tuple]) -> dict:
         """Send host h its message for every h, then read every reply (the workers run in parallel); a worker's error
@@ -201,27 +175,25 @@ class Evaluator(contextlib.AbstractContextManager):
             raise
         for h, (status, value) in replies.items():
             if status != "ok":
-                raise UserError(value) if status == "user" else RuntimeError(f"{hosts[h].name} failed:\n{value}")
+                raise RuntimeError(f"{hosts[h].name} failed:\n{value}")
         return {h: value for h, (_, value) in replies.items()}
 
-    def run(self, policy: Policy, reset_seeds: Sequence[Sequence[int]], videos: Sequence[str | None] | None = None
-            ) -> list[dict[str, float]]:
-        """Run the N x E episodes (``env.reset(seed=reset_seeds[i][e])``) to their ends.
-
-        ``policy(obs (N, E, obs_dim) float32, chunk) -> (N, E, H, A)`` is called once per chunk step of each wave
-        (an episode not yet run gets zeros, an ended one its last observation). ``videos``: None or N paths-or-None;
-        episode 0 of seed i is written to ``videos[i]`` as an MP4. Returns per seed the means over its E episodes of
-        ``success`` (``info['success']`` at the end), ``return`` and ``length``, and ``policy_calls`` of this run."""
+    def run(self, policy: Callable[[np.ndarray, int], np.ndarray], reset_seeds: Sequence[Sequence[int]],
+            videos: Sequence[str | None] | None = None) -> list[dict[str, float]]:
+        """Run the N x E episodes (``env.reset(seed=reset_seeds[i][e])``) to their ends. ``policy(obs (N, E, obs_dim) float32,
+        chunk) -> (N, E, H, A)`` is called once per chunk step of each wave (an episode not yet run gets zeros, an ended
+        one its last observation). ``videos``: None or N paths-or-None; episode 0 of seed i is written to ``videos[i]``.
+        Returns per seed the means over its E episodes of ``success`` (``info['success']`` at the end), ``return``,
+        ``length``, and ``policy_calls`` (of this run)."""
         N, E, W, n = self.num_seeds, self.episodes, max(self.workers, 1), self.num_seeds * self.episodes
         if np.shape(reset_seeds) != (N, E) or (videos is not None and len(videos) != N):
             raise ValueError(f"reset_seeds must be {N} lists of {E} ints and videos None or {N} paths-or-None")
         seeds = np.asarray(reset_seeds, np.int64).reshape(n)
-        obs, ret, length, done, success = None, np.zeros(n), np.zeros(n, np.int64), np.zeros(n, bool), np.zeros(n)
+        obs, (ret, length, done, success), calls = None, np.zeros((4, n)), 0
         filmed = {i * E: [] for i in range(N) if videos is not None and videos[i] is not None}
-        calls = 0
         for start in range(0, n, self.num_envs):
-            wave = np.arange(start, min(start + self.num_envs, n))
-            parts = {h: wave[h::W] for h in range(min(W, wave.size))}  # episode wave[j] runs on env j // W of host j % W
+            wave = range(start, min(start + self.num_envs, n))
+            parts = {h: np.array(wave[h::W]) for h in range(min(W, len(wave)))}  # episode wave[j]: env j // W of host j % W
             for h, o in self._exchange({h: ("reset", np.arange(p.size), seeds[p]) for h, p in parts.items()}).items():
                 obs = np.zeros((n, o.shape[1]), np.float32) if obs is None else obs
                 obs[parts[h]] = o
@@ -231,19 +203,18 @@ class Evaluator(contextlib.AbstractContextManager):
                 chunk, calls = chunk + 1, calls + 1
                 if chunks.ndim != 4 or chunks.shape[:2] != (N, E) or chunks.shape[2] < 1:
                     raise ValueError(f"the policy must return (N, E, H, A) = ({N}, {E}, H >= 1, A) chunks, got {chunks.shape}")
-                chunks, before = chunks.reshape(n, *chunks.shape[2:]), length.copy()
-                live = {h: p[~done[p]] for h, p in parts.items() if not done[p].all()}
+                chunks = chunks.reshape(n, *chunks.shape[2:])
+                live = {h: p[done[p] == 0] for h, p in parts.items() if not done[p].all()}
                 for h, (o, r, ln, d, s) in self._exchange({h: ("step", (k - start) // W, chunks[k]) for h, k in live.items()}).items():
                     obs[live[h]], ret[live[h]], length[live[h]], done[live[h]], success[live[h]] = o, r, ln, d, s
-                for k, actions in filmed.items():
-                    actions.append(chunks[k, : length[k] - before[k]])  # empty outside the episode's wave
+                for k in filmed.keys() & wave:
+                    filmed[k].append(chunks[k])  # the episode's actions are its chunks, the last one cut at its end
         if filmed:
             if self.workers == 0 and len(self._hosts) == 1:  # this process may have MUJOCO_GL=disable
                 self._hosts.append(_Worker("video render process", self.env_name, 1, self.limit))
             hosts = list(range(self.workers)) or [1]
-            jobs = [("video", int(seeds[k]), np.concatenate(a), videos[k // E], obs[k]) for k, a in filmed.items()]
+            jobs = [("video", int(seeds[k]), np.concatenate(a)[: int(length[k])], videos[k // E], obs[k]) for k, a in filmed.items()]
             for i in range(0, len(jobs), len(hosts)):
                 self._exchange(dict(zip(hosts, jobs[i:i + len(hosts)], strict=False)))
-        means = [x.reshape(N, E).mean(1) for x in (success, ret, length)]
         return [{"success": float(s), "return": float(r), "length": float(ln), "policy_calls": float(calls)}
-                for s, r, ln in zip(*means, strict=True)]
+                for s, r, ln in np.stack([success, ret, length]).reshape(3, N, E).mean(2).T]
