@@ -117,6 +117,16 @@ def check_against(reference, results, rec: Recorder, max_envs: int, horizon: int
                               "length": np.mean([r["length"] for r in eps]), "policy_calls": float(sum(map(len, rec.waves)))}
 
 
+def check_video(path: str, length: int) -> None:
+    import imageio.v2 as imageio
+
+    with imageio.get_reader(path, format="FFMPEG") as reader:
+        frames = np.stack(list(reader.iter_data()))  # (list(reader) asks its length: unknown, "inf")
+    assert frames.shape == (1 + math.ceil(length / VIDEO_FRAME_SKIP), 200, 200, 3) and frames.dtype == np.uint8
+    assert frames.std() > 10  # a picture, not a blank frame
+    assert np.abs(frames[-1].astype(int) - frames[0]).mean() > 1  # the arm moved
+
+
 @pytest.mark.parametrize("workers, max_envs", [(0, 16), (0, 4), (2, 4), (3, 5)])
 def test_waves_equal_sequential_loop(reference, monkeypatch, workers, max_envs):
     """2 x 3 episodes: one wave in this process; waves of 4 + 2 episodes in this process (4 envs, no more); waves of
@@ -150,40 +160,28 @@ def test_other_domains_equal_sequential_loop(env_name, horizon, action_dim):
     np.testing.assert_array_equal(np.random.get_state()[1], caller_rng)  # the caller's global RNG is left alone
 
 
-def check_video(path: str, length: int) -> None:
-    import imageio.v2 as imageio
-
-    with imageio.get_reader(path, format="FFMPEG") as reader:
-        frames = np.stack(list(reader.iter_data()))  # (list(reader) asks its length: unknown, "inf")
-    assert frames.shape == (1 + math.ceil(length / VIDEO_FRAME_SKIP), 200, 200, 3) and frames.dtype == np.uint8
-    assert frames.std() > 10  # a picture, not a blank frame
-    assert np.abs(frames[-1].astype(int) - frames[0]).mean() > 1  # the arm moved
-
-
-@pytest.mark.parametrize("workers", [0, 2])
-def test_videos_render_in_a_worker(tmp_path, monkeypatch, workers):
-    """This process says MUJOCO_GL=disable: with workers=0 a render process replays episode 0 of seed 1 (seed 0's
-    video is not asked for); with 2 workers, each replays one seed's. Episodes of 29 and 30 steps (the limit)."""
+def test_video_with_workers_0_renders_in_a_process_of_its_own(tmp_path, monkeypatch):
+    """This process says MUJOCO_GL=disable: a render process started with EGL replays episode 0 of seed 1 (seed 0's
+    video is not asked for; with workers, a worker replays it: test_worker_errors_videos_and_a_killed_worker)."""
     monkeypatch.setenv("MUJOCO_GL", "disable")
-    paths = [str(tmp_path / "videos" / f"seed{i}.mp4") for i in range(2)]
-    with Evaluator(ENV, 2, 1, workers=workers, max_episode_steps=30) as ev:
-        res = ev.run(Recorder(), [[9], [2]], videos=[paths[0] if workers else None, paths[1]])
-    assert res[0]["length"] == 29 and res[1]["length"] == 30
-    check_video(paths[1], 30)
-    if workers:
-        check_video(paths[0], 29)
-    assert sorted(os.listdir(tmp_path / "videos")) == ["seed0.mp4", "seed1.mp4"][1 - bool(workers):]  # no temp file left
+    path = str(tmp_path / "videos" / "step_7.mp4")
+    with Evaluator(ENV, 2, 1, workers=0, max_episode_steps=30) as ev:
+        res = ev.run(Recorder(), [[9], [2]], videos=[None, path])
+    assert res[0]["length"] == 29 and res[1]["length"] == 30  # episodes of different lengths
+    check_video(path, 30)
+    assert os.listdir(tmp_path / "videos") == ["step_7.mp4"]  # no temp file left behind
 
 
-def test_worker_errors_and_a_killed_worker():
-    """An error inside a worker is reported with its traceback and the evaluator stays usable; a killed worker
-    gives one clear error (no hang) and closes the evaluator."""
+def test_worker_errors_videos_and_a_killed_worker(tmp_path):
+    """An error inside a worker is reported with its traceback and the evaluator stays usable; a worker renders a
+    video; a killed worker gives one clear error (no hang) and closes the evaluator."""
     ev = Evaluator(ENV, 1, 2, workers=2, max_episode_steps=6)
     try:
         assert [r["length"] for r in ev.run(Recorder(), [[1, 0]])] == [6.0]  # first: an env whose first reset failed cannot step
         with pytest.raises(RuntimeError, match=r"(?s)evaluation worker 0 \(pid \d+\) failed:.*Traceback"):
             ev.run(Recorder(), [[-1, 0]])  # gymnasium refuses a negative seed
-        assert [r["length"] for r in ev.run(Recorder(), [[2, 0]])] == [6.0]
+        assert [r["length"] for r in ev.run(Recorder(), [[2, 0]], videos=[str(tmp_path / "v.mp4")])] == [6.0]
+        check_video(str(tmp_path / "v.mp4"), 6)
         os.kill(ev._hosts[1].proc.pid, signal.SIGKILL)
         with pytest.raises(RuntimeError, match=r"evaluation worker 1 \(pid \d+\) died \(exit code -9\)"):
             ev.run(Recorder(), [[2, 0]])
