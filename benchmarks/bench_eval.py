@@ -1,5 +1,5 @@
-"""Evaluation speed: N seeds x E episodes of the small TRQAM flow policy, the sequential loop of the old
-``utils/evaluate.py`` against ``utils.evaluate.Evaluator`` with 0, 1, 2, ... worker processes.
+"""Evaluation speed and memory: N seeds x E episodes of the small TRQAM flow policy, the sequential loop of the old
+``utils/evaluate.py`` against ``utils.evaluate.Evaluator`` with 0, 1, 2, ... worker processes (waves of ``--max-envs``).
 
 The policy is the real jitted flow actor (``trqam.make_networks``, ``trqam.bc_init``, ``trqam.flow_act``;
 actor MLP 2x128, 10 flow steps, chunk H = 5) with random weights per seed, so most episodes run to the
@@ -7,23 +7,26 @@ time limit. Both sides use the same reset seeds and the same acting keys (episod
 ``fold_in(fold_in(PRNGKey(1000 + i), e), c)``, as the runner keys them):
 
 - *sequential*: one gymnasium env; episodes one after another; one policy call (one observation) per chunk;
-- *Evaluator*: one policy call per chunk step for all N x E episodes (vmapped over seeds and episodes).
+- *Evaluator*: one policy call per chunk step of each wave for all N x E episodes (vmapped over seeds and
+  episodes); waves of ``--max-envs`` episodes (default: the Evaluator's, 16) on ``min(max_envs, N x E)`` envs.
 
-Per workers count it reports the first ``run`` (it includes starting the workers and making their N x E envs)
-and a second ``run`` (the steady state of a training run that evaluates many times): episodes/s and the
-speedup of the second over the sequential loop. Per-seed success/return/length of both sides are printed:
+Per workers count it reports the first ``run`` (it includes starting the workers and making their envs)
+and the best of ``--repeats`` further runs (the steady state of a training run that evaluates many times):
+episodes/s and the speedup over the best of ``--repeats`` passes of the sequential loop (the best, as other
+processes on a shared machine only ever add time). Per-seed success/return/length of both sides are printed:
 they agree whenever the batched and the single-observation actor give the same actions (XLA may round a
 batched matmul differently in the last bit, and an episode that diverges by one ulp may end elsewhere).
 
 ``--video DIR`` times one more ``run`` per workers count that also writes the video of seed 0's first
 episode (replayed and rendered offscreen by a worker after the episodes; MUJOCO_GL=egl).
 
-Unless ``--no-step-costs``, it also times one env step of each lighter way of stepping that
-``utils/evaluate.py`` uses (gymnasium's wrappers, the bare env, no info dict, the cube envs' lean
-``pre_step``) on a fixed action sequence.
+``--memory`` measures memory instead, for the first ``--workers`` count, in this fresh process: the resident
+set of this process before the Evaluator (JAX and the compiled policy), then, after two runs, the peak
+resident set (VmHWM) of this process and of each worker, and their sum.
 
     PYTHONPATH=. python benchmarks/bench_eval.py --json /tmp/bench_eval.json
     PYTHONPATH=. python benchmarks/bench_eval.py --envs cube-double-play --workers 0 2 8 16
+    PYTHONPATH=. python benchmarks/bench_eval.py --envs cube-double-play --memory --workers 2
 """
 
 from __future__ import annotations
@@ -106,34 +109,24 @@ def sequential(env_name: str, act_one, params, seeds, max_steps) -> tuple[float,
     return seconds, t_policy, out
 
 
-def step_costs(env_name: str, steps: int = 500, repeats: int = 7) -> dict[str, float]:
-    """ms per env step of each way of stepping, on the same actions from the same reset: the best of ``repeats``
-    passes, the variants interleaved within each pass (so a busy moment hits them alike)."""
-    actions = np.clip(np.random.default_rng(0).normal(size=(steps, 5)), -1, 1).astype(np.float32)
+def vm_kb(pid: int | str, field: str) -> int:
+    """A /proc/<pid>/status field in kB (VmRSS: resident now; VmHWM: peak resident)."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
-    def bare(step_info: bool, pre_step: bool):
-        env = make_env(env_name, disable_env_checker=True).unwrapped
-        if not step_info:
-            evallib._skip_step_info(env)
-        if not pre_step:
-            evallib._lean_pre_step(env)
-        return env
 
-    variants = {
-        "gymnasium.make (TimeLimit, OrderEnforcing, PassiveEnvChecker)": make_env(env_name),
-        "bare env (time limit counted by the evaluator)": bare(True, True),
-        "+ no per-step info dict": bare(False, True),
-        "+ lean pre_step (cube envs)": bare(False, False),
-    }
-    best = dict.fromkeys(variants, float("inf"))
-    for _ in range(repeats):
-        for name, env in variants.items():
-            env.reset(seed=0)
-            t0 = time.perf_counter()
-            for a in actions:
-                env.step(a)
-            best[name] = min(best[name], (time.perf_counter() - t0) / steps * 1e3)
-    return best
+def memory(env_name: str, policy, seeds, workers: int, max_envs: int, max_steps) -> dict:
+    """Peak resident memory (MB) of this process and of each worker over two runs of one Evaluator."""
+    before = vm_kb("self", "VmRSS") / 1024
+    with evallib.Evaluator(env_name, len(seeds), len(seeds[0]), workers, max_steps, max_envs=max_envs) as ev:
+        for _ in range(2):
+            ev.run(policy, seeds)
+        pids = [host.proc.pid for host in ev._hosts if hasattr(host, "proc")]
+        workers_mb = [vm_kb(pid, "VmHWM") / 1024 for pid in pids]
+        envs = ev.num_envs
+    parent = vm_kb("self", "VmHWM") / 1024
+    return {"envs": envs, "workers": len(pids), "parent_before_mb": before, "parent_peak_mb": parent,
+            "worker_peak_mb": workers_mb, "total_peak_mb": parent + sum(workers_mb)}
 
 
 def main() -> None:
@@ -146,14 +139,16 @@ def main() -> None:
     p.add_argument("--max-episode-steps", type=int, default=None, help="default: the env's limit")
     p.add_argument("--flow-steps", type=int, default=10)
     p.add_argument("--horizon", type=int, default=5)
-    p.add_argument("--no-step-costs", action="store_true")
+    p.add_argument("--max-envs", type=int, default=evallib.MAX_ENVS)
+    p.add_argument("--repeats", type=int, default=3, help="timed passes of the sequential loop and runs per Evaluator")
+    p.add_argument("--memory", action="store_true", help="measure memory (first --workers count) instead of speed")
     p.add_argument("--video", default=None, metavar="DIR", help="also time a run that writes a video into DIR")
     p.add_argument("--json", default=None)
     opts = p.parse_args()
 
     report = {"machine": bench_update.device_string(), "cores": cores, "load_start": os.getloadavg(), "command": " ".join(sys.argv),
-              "num_seeds": opts.num_seeds, "episodes": opts.episodes, "envs": {}}
-    print(f"machine: {report['machine']}; {cores} usable cores; load {os.getloadavg()[0]:.2f}")
+              "num_seeds": opts.num_seeds, "episodes": opts.episodes, "max_envs": opts.max_envs, "envs": {}}
+    print(f"machine: {report['machine']}; {cores} usable cores; load average {os.getloadavg()}")
     for short in opts.envs:
         env_name = full_env_name(short, 1)
         act_one, act_all, params, stacked, obs_dim = make_policy(env_name, opts.num_seeds, opts.flow_steps, opts.horizon)
@@ -161,41 +156,51 @@ def main() -> None:
         seeds = [[100_000 * i + e for e in range(E)] for i in range(N)]
         act_one(params[0], jnp.zeros(obs_dim), 0, 0, 0).block_until_ready()  # compile outside the timings
         act_all(stacked, jnp.zeros((N, E, obs_dim)), 0).block_until_ready()
-        seq_s, seq_policy_s, seq_res = sequential(env_name, act_one, params, seeds, opts.max_episode_steps)
-        steps = sum(r["length"] for r in seq_res) * E
-        res = {"sequential": {"seconds": seq_s, "policy_seconds": seq_policy_s, "episodes_per_s": N * E / seq_s,
-                              "ms_per_env_step": seq_s / steps * 1e3, "per_seed": seq_res}, "evaluator": {}}
-        print(f"\n{env_name}: {N} seeds x {E} episodes, {steps:.0f} env steps")
-        print(f"  sequential loop: {seq_s:7.2f} s  {N * E / seq_s:6.2f} episodes/s  ({seq_s / steps * 1e3:.3f} ms per env step, "
-              f"policy {100 * seq_policy_s / seq_s:.0f}%)   success per seed {[r['success'] for r in seq_res]}")
         policy = lambda obs, c: np.asarray(act_all(stacked, obs, c))  # noqa: E731
+        if opts.memory:
+            report["envs"][env_name] = mem = memory(env_name, policy, seeds, opts.workers[0], opts.max_envs, opts.max_episode_steps)
+            print(f"{env_name}: {N} x {E} episodes, {mem['envs']} envs, workers={mem['workers']}: this process "
+                  f"{mem['parent_before_mb']:.0f} MB before the Evaluator, peak {mem['parent_peak_mb']:.0f} MB; workers' peaks "
+                  f"{[round(m) for m in mem['worker_peak_mb']]} MB; total {mem['total_peak_mb']:.0f} MB")
+            continue
+        seq_all = [sequential(env_name, act_one, params, seeds, opts.max_episode_steps) for _ in range(opts.repeats)]
+        seq_s, seq_policy_s, seq_res = min(seq_all, key=lambda x: x[0])
+        steps = sum(r["length"] for r in seq_res) * E
+        res = {"sequential": {"seconds": seq_s, "all_seconds": [x[0] for x in seq_all], "policy_seconds": seq_policy_s,
+                              "episodes_per_s": N * E / seq_s, "ms_per_env_step": seq_s / steps * 1e3, "per_seed": seq_res},
+               "evaluator": {}}
+        print(f"\n{env_name}: {N} seeds x {E} episodes, {steps:.0f} env steps")
+        print(f"  sequential loop: {' '.join(f'{x[0]:.2f}' for x in seq_all)} s: {N * E / seq_s:6.2f} episodes/s  "
+              f"({seq_s / steps * 1e3:.3f} ms per env step, policy {100 * seq_policy_s / seq_s:.0f}%)   "
+              f"success per seed {[r['success'] for r in seq_res]}")
         for w in opts.workers:
             t0 = time.perf_counter()
-            with evallib.Evaluator(env_name, N, E, w, opts.max_episode_steps) as ev:
+            with evallib.Evaluator(env_name, N, E, w, opts.max_episode_steps, max_envs=opts.max_envs) as ev:
                 first = ev.run(policy, seeds)
                 t1 = time.perf_counter()
-                again = ev.run(policy, seeds)
-                t2 = time.perf_counter()
+                times = []
+                for _ in range(opts.repeats):
+                    t = time.perf_counter()
+                    again = ev.run(policy, seeds)
+                    times.append(time.perf_counter() - t)
                 if opts.video:
+                    t2 = time.perf_counter()
                     ev.run(policy, seeds, videos=[os.path.join(opts.video, f"{short}_w{w}.mp4")] + [None] * (N - 1))
                     video_s = time.perf_counter() - t2
             assert first == again, "two runs with the same seeds and keys differ"
-            steady = t2 - t1
+            steady = min(times)
             same = [a["success"] == b["success"] for a, b in zip(again, seq_res, strict=True)]
             exact = all(a[k] == b[k] for a, b in zip(again, seq_res, strict=True) for k in ("return", "length", "success"))
-            res["evaluator"][w] = {"first_run_s": t1 - t0, "run_s": steady, "episodes_per_s": N * E / steady,
+            res["evaluator"][w] = {"first_run_s": t1 - t0, "run_s": steady, "all_run_s": times, "episodes_per_s": N * E / steady,
                                    "speedup": seq_s / steady, "per_seed": again, "same_success": all(same), "identical": exact}
-            print(f"  Evaluator workers={w:<2d}: first run {t1 - t0:6.2f} s, run {steady:6.2f} s  {N * E / steady:6.2f} episodes/s  "
+            print(f"  Evaluator workers={w:<2d}: first run {t1 - t0:6.2f} s, runs {' '.join(f'{x:.2f}' for x in times)} s: "
+                  f"{N * E / steady:6.2f} episodes/s  "
                   f"x{seq_s / steady:.2f}   success per seed {[r['success'] for r in again]} "
                   f"({'identical results' if exact else 'same success' if all(same) else 'SUCCESS DIFFERS'})")
             if opts.video:
                 res["evaluator"][w]["run_with_video_s"] = video_s
                 print(f"    with a video of seed 0's first episode: {video_s:.2f} s")
-        if not opts.no_step_costs:
-            res["step_costs_ms"] = step_costs(env_name)
-            print("  ms per env step:")
-            for name, ms in res["step_costs_ms"].items():
-                print(f"    {ms:.3f}  {name}")
+        res["load_after"] = os.getloadavg()
         report["envs"][env_name] = res
     report["load_end"] = os.getloadavg()
     if opts.json:
