@@ -118,7 +118,7 @@ class _Worker:
         self.proc = mp.get_context("spawn").Process(target=_serve, args=(child, *args), daemon=True)
         gl = os.environ.get("MUJOCO_GL", "")
         with mock.patch.dict(os.environ, MUJOCO_GL="egl" if gl in ("", "disable") else gl, JAX_PLATFORMS="cpu"):
-            self.proc.start()  # (in this environment)
+            self.proc.start()  # the worker starts with a copy of os.environ as it is here
         child.close()  # the worker holds the only other end: its death is an EOF here, never a hang
         self.name, self.send, self.recv = f"{name} (pid {self.proc.pid})", self.conn.send, self.conn.recv
 
