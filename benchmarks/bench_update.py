@@ -187,9 +187,20 @@ def squeezed_block(update: Callable, n: int, batch_size: int, horizon: int, disc
     return jax.jit(block, donate_argnums=0)
 
 
+def load_module(algo: str) -> ModuleType:
+    """An algorithm module by name, or from a file given by ``--module NAME=PATH`` (e.g. an older version of it)."""
+    path = ALGOS[algo]
+    if not path.endswith(".py"):
+        return importlib.import_module(path)
+    spec = importlib.util.spec_from_file_location(f"bench_{algo}", path)
+    mod = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # registered first: dataclasses look it up
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def bench_ours(algo: str, size: str, num_seeds: int, opts: argparse.Namespace) -> dict[str, float]:
     """One dispatch = ``--updates`` updates of ``num_seeds`` seeds through ``make_block``."""
-    mod = importlib.import_module(ALGOS[algo])
+    mod = load_module(algo)
     args = make_args(mod, size, opts.batch_size, opts.flow_steps)
     nets, states, keys = training_setup(mod, args, num_seeds, opts.seed)
     data = synthetic_dataset(opts.dataset_size, OBS_DIM, ACT_DIM, seed=opts.seed)
@@ -263,7 +274,9 @@ def load_average() -> str:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
-    p.add_argument("--algos", nargs="+", choices=list(ALGOS), default=["trqam", "qam"])
+    p.add_argument("--algos", nargs="+", default=["trqam", "qam"], help=f"any of {', '.join(ALGOS)} or a --module NAME")
+    p.add_argument("--module", action="append", default=[], metavar="NAME=PATH",
+                   help="time the algorithm file PATH as NAME too (e.g. an older trqam.py from git show); no peer for it")
     p.add_argument("--num-seeds", type=int, nargs="+", default=[1], help="seeds trained in one dispatch (vmapped)")
     p.add_argument("--updates", type=int, default=10, help="updates per jitted dispatch (lax.scan length)")
     p.add_argument("--repeats", type=int, default=3, help="timed dispatches after the warm-up one")
@@ -280,6 +293,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--dataset-size", type=int, default=100_000, help="transitions in the synthetic dataset")
     p.add_argument("--seed", type=int, default=0)
     opts = p.parse_args(argv)
+    for spec in opts.module:
+        name, _, path = spec.partition("=")
+        if not name or not os.path.isfile(path):
+            p.error(f"--module {spec}: need NAME=PATH of an algorithm file")
+        ALGOS[name] = os.path.abspath(path)
+    if set(opts.algos) - set(ALGOS):
+        p.error(f"unknown --algos {' '.join(sorted(set(opts.algos) - set(ALGOS)))}; known: {' '.join(ALGOS)}")
     if opts.updates < 1 or opts.repeats < 1 or min(opts.num_seeds) < 1:
         p.error("--updates, --repeats and --num-seeds must be at least 1")
     if opts.peer and not os.path.isdir(os.path.join(opts.peer, "agents")):
@@ -292,16 +312,16 @@ def main(argv: list[str] | None = None) -> dict:
                            "results": []}
     print(f"device: {out['device']}   jax {out['jax_version']}   load average {out['load_average_start']}\n"
           f"matmul peak ({opts.matmul_size}^2 f32): {peak:.1f} GFLOP/s wall, {peak_cpu:.1f} GFLOP per CPU-second", flush=True)
-    header = (f"{'algo':<7}{'size':<6}{'seeds':>5} {'ms/upd':>8} {'(min-max)':>13} {'CPU ms':>8} {'upd/s':>8} {'GFLOP':>7} "
+    header = (f"{'algo':<15}{'size':<6}{'seeds':>5} {'ms/upd':>8} {'(min-max)':>13} {'CPU ms':>8} {'upd/s':>8} {'GFLOP':>7} "
               f"{'%peak':>6} {'compile':>8} {'theirs ms':>10} {'CPU ms':>8} {'compile':>8} {'ratio':>6} {'load':>5}")
     print(header + "\n" + "-" * len(header), flush=True)
-    for algo in opts.algos:
-        for size in opts.sizes:
+    for size in opts.sizes:  # the algorithms of one size close together in time (machine load drifts)
+        for algo in opts.algos:
             one = None
             for n in opts.num_seeds:
                 r = {"algo": algo, "size": size, "num_seeds": n, **bench_ours(algo, size, n, opts)}
                 one = one or (r if n == 1 else None)
-                if n == 1 and opts.peer:
+                if n == 1 and opts.peer and not ALGOS[algo].endswith(".py"):
                     r["peer"] = bench_peer(algo, size, opts)
                     if "ms_per_update" in r["peer"]:
                         r["ratio"] = r["peer"]["ms_per_update"] / r["ms_per_update"]
@@ -314,7 +334,7 @@ def main(argv: list[str] | None = None) -> dict:
                 theirs = (f"{pr['ms_per_update']:>10.2f} {pr['cpu_ms']:>8.2f} {pr['compile_s']:>7.1f}s {r['ratio']:>5.2f}x"
                           if "ms_per_update" in pr else f"{pr.get('error', ''):>35}")
                 pct = 100 * n * r["gflop_per_update"] / (r["ms_per_update"] / 1e3) / peak
-                print(f"{algo:<7}{size:<6}{n:>5} {r['ms_per_update']:>8.2f} {r['ms_min']:>6.1f}-{r['ms_max']:<6.1f} "
+                print(f"{algo:<15}{size:<6}{n:>5} {r['ms_per_update']:>8.2f} {r['ms_min']:>6.1f}-{r['ms_max']:<6.1f} "
                       f"{r['cpu_ms']:>8.2f} {r['updates_per_s']:>8.1f} {r['gflop_per_update']:>7.3f} {pct:>5.1f}% "
                       f"{r['compile_s']:>7.1f}s {theirs} {r['load_average'].split()[0]:>5}", flush=True)
     out["load_average_end"] = load_average()
