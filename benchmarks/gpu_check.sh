@@ -12,7 +12,8 @@
 # size (in its own subprocess), then TRQAM with 4 and 8 seeds per dispatch; budget 240 s + 150 s (timeouts).
 # Writes OUT_DIR/gpu_check.json, OUT_DIR/one_seed.json and seeds.json (rewritten after each row, so a timeout
 # keeps the rows done) and OUT_DIR/gpu_check.log (the printed tables).
-# GPU_CHECK_SMOKE=1 runs the same steps on the CPU with tiny settings (a check of the script, not a measurement).
+# GPU_CHECK_SMOKE=1 runs the same steps on the CPU with tiny settings (a check of the script, not a measurement);
+# GPU_CHECK_SQUEEZE=1 adds the one-seed rows without the runner's seed vmap (bench_update.py --squeeze-one-seed, ~1 min).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out=${1:-${OUT:-/tmp/gpu_check}}
@@ -70,7 +71,7 @@ run() {  # one bench_update.py call, its table into the log, its rows into OUT/N
   [ "$rc" = 0 ] || fail "$name: bench_update.py exited with $rc (see $log)"
 }
 # first what the ratios need (one seed, ours and theirs), then ours with several seeds per dispatch
-run one_seed 240 --algos trqam qam --num-seeds 1 --peer "$peer"
+run one_seed 240 --algos trqam qam --num-seeds 1 --peer "$peer" ${GPU_CHECK_SQUEEZE:+--squeeze-one-seed}
 run seeds 150 --algos trqam --num-seeds "${seeds[@]:1}"
 
 # 4. one JSON with both calls, and the summary table
