@@ -237,13 +237,12 @@ def bench_peer(algo: str, size: str, opts: argparse.Namespace) -> dict[str, Any]
     """Their update at the same size, in a subprocess with their code first on the path (not ours)."""
     if not os.path.isfile(os.path.join(opts.peer, "agents", f"{algo}.py")):
         return {"error": f"no agents/{algo}.py in {opts.peer}"}
-    s = SIZES[size]
-    cmd = [opts.peer_python, PEER_SCRIPT, "--dir", opts.peer, "--algo", algo, "--hidden", *map(str, s["hidden"]),
+    s, peer = SIZES[size], os.path.abspath(opts.peer)
+    cmd = [opts.peer_python, PEER_SCRIPT, "--dir", peer, "--algo", algo, "--hidden", *map(str, s["hidden"]),
            "--num-qs", str(s["num_qs"]), "--batch-size", str(opts.batch_size), "--obs-dim", str(OBS_DIM), "--act-dim",
            str(ACT_DIM), "--horizon", str(HORIZON), "--flow-steps", str(opts.flow_steps),
            "--repeats", str(opts.peer_repeats or max(3, opts.repeats * opts.updates))]
-    env = {**os.environ, "PYTHONPATH": os.path.abspath(opts.peer)}
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=opts.peer, env=env)
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=peer, env={**os.environ, "PYTHONPATH": peer})
     if p.returncode != 0:
         sys.exit(f"{p.stderr[-3000:]}\nerror: the peer's {algo} update at size {size} failed (exit {p.returncode}); its stderr is above")
     return json.loads(p.stdout.strip().splitlines()[-1])

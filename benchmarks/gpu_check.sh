@@ -19,7 +19,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out=${1:-${OUT:-/tmp/gpu_check}}
 peer=${PEER_DIR:-.peer}
 wheels=${WHEEL_DIR:-.whl}
-py=${PYTHON:-python}
+py=${PYTHON:-$(command -v python3 || command -v python || echo python3)}
 mkdir -p "$out"
 log="$out/gpu_check.log"
 fail() { echo "gpu_check: $*" | tee -a "$log" >&2; exit 1; }
