@@ -1,78 +1,93 @@
-"""Update throughput and model FLOPs of TRQAM and QAM against a matmul peak (DESIGN.md, rule 5).
+"""Update speed of the algorithms' real training path, and of the authors' update beside it in the same run.
 
-Runs each algorithm's real training path -- ``make_nets``, ``init_actor``, ``init_state`` and
-``make_train_block(args, nets, n)`` (one jitted ``lax.scan`` of ``n`` updates, batches sampled on
-device by ``utils.data.sample_chunks``) -- on a synthetic device dataset in the OGBench regular
-layout, so no environment or dataset file is needed.
+Ours: each algorithm module's own pieces -- ``make_networks``, the BC flow of ``bc_init(...).params``,
+``init_state(args, nets, obs_dim, key, flow)`` and ``partial(update, args, nets)`` -- run through
+``utils.runner.make_block``, the jitted ``lax.scan`` of ``n`` updates that training dispatches, with
+chunk batches sampled on the device from a synthetic dataset in OGBench's regular layout, and a
+leading seed axis (states stacked over seeds, one sampling key per seed). No environment or dataset
+file is needed; the weights are random (speed does not depend on their values).
 
-Sizes: ``paper`` = actor and critic MLPs 4x512, 10 critics; ``small`` = 2x128, 2 critics; both with
-batch 256, 10 flow steps, chunk 5x5 (horizon 5, action dim 5, d = 25), obs dim 28.
+Theirs (``--peer DIR``, a directory holding the authors' ``agents/`` and ``utils/``): their
+``Agent.update(batch)`` at the same sizes, timed by ``benchmarks/peer_update.py`` in a subprocess
+with ``--peer-python``, right after ours on the same machine. Ratio = their ms / our ms.
 
-Reported per (algorithm, size): ms per update (median over ``--repeats`` dispatches of ``--updates``
-updates, after a warm-up dispatch; compilation excluded and reported as ``compile_s``), GFLOP per
-update from XLA's cost analysis, achieved GFLOP/s, and the fraction of a float32 matmul peak
-measured in the same run.
+Sizes: ``paper`` = actor and critic MLPs 4x512, 10 critics; ``small`` = 2x128, 2 critics; both batch
+256, 10 flow steps, chunk 5x5 (d = 25), obs dim 28. ``--num-seeds 1 4`` also times one dispatch that
+trains N seeds at once (vmapped) and reports its aggregate updates/s.
 
-FLOPs: XLA's ``HloCostAnalysis`` counts the body of a while loop once, whatever its trip count, and
-every ``lax.scan`` (the n-update block, and inside one update the flow sampling, the rollout and
-the lean adjoint, forward and transposed) lowers to a while loop. Cost analysis of the training
-block as compiled therefore undercounts an update several times over. The FLOPs are taken instead
-from ``jax.jit(block).lower(...).compile().cost_analysis()`` of a 1-update block traced with every
-``lax.scan`` fully unrolled (same arithmetic, no loops); a count of ``dot_general`` FLOPs over the
-jaxpr (scan bodies times their length) is printed beside it as a cross-check.
+Reported per (algorithm, size, seeds): ms per update (median of ``--repeats`` dispatches of
+``--updates`` updates after a warm-up dispatch; N seeds: ms per dispatch / updates), the process CPU
+time per update (all threads; hardly moved by other processes on the cores), compile time of the
+block, matmul GFLOP per update (counted on the jaxpr, scan bodies times their length) and its share
+of a float32 matmul peak measured in the same run.
 
     PYTHONPATH=. python benchmarks/bench_update.py --json /tmp/bench.json
-    PYTHONPATH=. python benchmarks/bench_update.py --sizes small --algos trqam --updates 20
+    PYTHONPATH=. python benchmarks/bench_update.py --sizes small --algos trqam --num-seeds 1 4 --peer /tmp/peer-trqam \\
+        --peer-python /tmp/peer-venv/bin/python
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
+import importlib
+import importlib.util
 import json
 import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
+from types import ModuleType
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # run from anywhere
 
-import qam
-import trqam
+from utils import data as datalib  # noqa: E402
+from utils.data import sample_chunks  # noqa: E402
+from utils.runner import make_block  # noqa: E402
 
-ALGOS = {"trqam": trqam, "qam": qam}
-SIZES = {
-    "paper": {"hidden": (512, 512, 512, 512), "num_qs": 10},
-    "small": {"hidden": (128, 128), "num_qs": 2},
-}
+# Algorithm name -> module. Every baselines/NAME.py that defines the runner contract's ``update`` joins by itself.
+ALGOS = {"trqam": "trqam", "qam": "qam"}
+ALGOS.update({os.path.basename(p)[:-3]: f"baselines.{os.path.basename(p)[:-3]}"
+              for p in sorted(glob.glob(os.path.join(ROOT, "baselines", "*.py"))) if "\ndef update(" in open(p).read()})
+SIZES = {"paper": {"hidden": (512, 512, 512, 512), "num_qs": 10}, "small": {"hidden": (128, 128), "num_qs": 2}}
 OBS_DIM, ACT_DIM, HORIZON, FLOW_STEPS, BATCH = 28, 5, 5, 10, 256
+PEER_SCRIPT = os.path.join(ROOT, "benchmarks", "peer_update.py")
 
 
 # ------------------------------------------------------------------------------------ setup
-def make_args(mod, size: str, batch_size: int, flow_steps: int):
-    """Explicit Args (no env lookup for defaults); validated by the algorithm's own resolve_args."""
+@contextlib.contextmanager
+def env_names_unchecked() -> Iterator[None]:
+    """resolve_args checks the env name in OGBench's registry; where OGBench is not installed (a GPU node that runs
+    only this benchmark) that check is skipped: the benchmark needs only the default env's per-domain presets."""
+    if importlib.util.find_spec("ogbench") is not None:
+        yield
+        return
+    check = datalib.check_env
+    datalib.check_env = lambda name: datalib.split_env_name(name)[0]
+    try:
+        yield
+    finally:
+        datalib.check_env = check
+
+
+def make_args(mod: ModuleType, size: str, batch_size: int, flow_steps: int) -> Any:
+    """The algorithm's own Args at this size, resolved by its resolve_args (per-domain presets of the default env)."""
     s = SIZES[size]
-    kw: dict[str, Any] = {
-        "horizon": HORIZON,
-        "discount": 0.995,
-        "rho": 0.5,
-        "actor_hidden_dims": s["hidden"],
-        "value_hidden_dims": s["hidden"],
-        "actor_layer_norm": False,
-        "num_qs": s["num_qs"],
-        "batch_size": batch_size,
-        "flow_steps": flow_steps,
-    }
-    kw["kl_budget" if mod is trqam else "inv_temp"] = 1.0
-    return mod.resolve_args(mod.Args(**kw))
+    with env_names_unchecked():
+        return mod.resolve_args(mod.Args(horizon=HORIZON, actor_hidden_dims=s["hidden"], value_hidden_dims=s["hidden"],
+                                         actor_layer_norm=False, num_qs=s["num_qs"], batch_size=batch_size, flow_steps=flow_steps))
 
 
 def synthetic_dataset(n: int, obs_dim: int, act_dim: int, episode_len: int = 1000, seed: int = 0) -> dict:
@@ -93,46 +108,21 @@ def synthetic_dataset(n: int, obs_dim: int, act_dim: int, episode_len: int = 100
     return {k: jnp.asarray(v) for k, v in data.items()}
 
 
-def init_train_state(mod, args, seed: int = 0):
-    nets = mod.make_nets(args, OBS_DIM, ACT_DIM)
-    k_flow, k_init = jax.random.split(jax.random.PRNGKey(seed))
-    flow = mod.init_actor(nets, k_flow, OBS_DIM)
-    return nets, mod.init_state(args, nets, k_init, OBS_DIM, flow)
+def training_setup(mod: ModuleType, args: Any, num_seeds: int, seed: int = 0) -> tuple[Any, Any, Any]:
+    """(networks, states stacked over ``num_seeds`` seeds, sampling keys (N, 2)), as the runner builds them."""
+    nets = mod.make_networks(args, HORIZON * ACT_DIM)
+
+    def one(key):
+        k_flow, k_init = jax.random.split(key)
+        flow = mod.bc_init(args, nets, OBS_DIM, k_flow).params if hasattr(mod, "bc_init") else None
+        return mod.init_state(args, nets, OBS_DIM, k_init, flow)
+
+    keys = jax.random.split(jax.random.PRNGKey(seed), 2 * num_seeds).reshape(2, num_seeds, -1)
+    states = jax.tree.map(jnp.copy, jax.vmap(one)(keys[0]))  # own buffers: the block donates them, init shares leaves
+    return nets, states, keys[1]
 
 
 # ------------------------------------------------------------------------------------ FLOPs
-def _flops_of(cost: Any) -> float:
-    """cost_analysis() returns a dict, a list of dicts (one per module) or None across JAX versions."""
-    if cost is None:
-        return float("nan")
-    if isinstance(cost, (list, tuple)):
-        return float(sum(_flops_of(c) for c in cost)) if cost else float("nan")
-    return float(cost.get("flops", float("nan")))
-
-
-@contextlib.contextmanager
-def unrolled_scans() -> Iterator[None]:
-    """Trace with every ``jax.lax.scan`` fully unrolled, so XLA's cost analysis sees every iteration."""
-    orig = jax.lax.scan
-
-    def scan(f, init, xs=None, length=None, reverse=False, unroll=1, **kw):
-        return orig(f, init, xs, length, reverse=reverse, unroll=True, **kw)
-
-    jax.lax.scan = scan
-    try:
-        yield
-    finally:
-        jax.lax.scan = orig
-
-
-def xla_flops_per_update(mod, args, nets, state, data) -> tuple[float, float]:
-    """(XLA flops of a 1-update block with unrolled scans, XLA flops of it as compiled with loops)."""
-    with unrolled_scans():
-        unrolled = _flops_of(mod.make_train_block(args, nets, 1).lower(state, data).compile().cost_analysis())
-    rolled = _flops_of(mod.make_train_block(args, nets, 1).lower(state, data).compile().cost_analysis())
-    return unrolled, rolled
-
-
 def _subjaxprs(eqn) -> Iterator[Any]:
     for v in eqn.params.values():
         for x in v if isinstance(v, (list, tuple)) else (v,):
@@ -176,48 +166,86 @@ def matmul_peak_gflops(n: int, repeats: int) -> tuple[float, float]:
         f(a, b).block_until_ready()
         walls.append(time.perf_counter() - w0)
         cpus.append(time.process_time() - c0)
-    return 2.0 * n**3 / min(walls) / 1e9, 2.0 * n**3 / min(cpus) / 1e9
+    return 2.0 * n**3 / min(walls) / 1e9, 2.0 * n**3 / max(min(cpus), 1e-9) / 1e9
 
 
-def bench_one(algo: str, size: str, opts: argparse.Namespace) -> dict[str, float]:
-    mod = ALGOS[algo]
+def squeezed_block(update: Callable, n: int, batch_size: int, horizon: int, discount: float) -> Callable:
+    """``make_block`` for one seed without the vmap over its seed axis of size 1 (``--squeeze-one-seed``): what the
+    runner would dispatch if it dropped that axis. Same sampling, same keys, same results."""
+
+    def block(carry, data, size):
+        def body(c, _):
+            states, keys = c
+            ks = jax.vmap(jax.random.split)(keys)
+            batch = sample_chunks(data, ks[0, 0], batch_size, horizon, discount, size)
+            state, m = update(jax.tree.map(lambda x: x[0], states), batch)
+            return (jax.tree.map(lambda x: x[None], state), ks[:, 1]), jax.tree.map(lambda x: x[None], m)
+
+        carry, ms = jax.lax.scan(body, carry, None, length=n)
+        return carry, jax.tree.map(lambda x: x.mean(0), ms)
+
+    return jax.jit(block, donate_argnums=0)
+
+
+def load_module(algo: str) -> ModuleType:
+    """An algorithm module by name, or from a file given by ``--module NAME=PATH`` (e.g. an older version of it)."""
+    path = ALGOS[algo]
+    if not path.endswith(".py"):
+        return importlib.import_module(path)
+    spec = importlib.util.spec_from_file_location(f"bench_{algo}", path)
+    mod = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # registered first: dataclasses look it up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def bench_ours(algo: str, size: str, num_seeds: int, opts: argparse.Namespace, squeeze: bool = False) -> dict[str, float]:
+    """One dispatch = ``--updates`` updates of ``num_seeds`` seeds through ``make_block`` (``squeezed_block`` if ``squeeze``)."""
+    mod = load_module(algo)
     args = make_args(mod, size, opts.batch_size, opts.flow_steps)
-    nets, state = init_train_state(mod, args, opts.seed)
+    nets, states, keys = training_setup(mod, args, num_seeds, opts.seed)
     data = synthetic_dataset(opts.dataset_size, OBS_DIM, ACT_DIM, seed=opts.seed)
-
-    block = mod.make_train_block(args, nets, opts.updates)
+    size_arg = np.int32(opts.dataset_size)
+    step = partial(mod.update, args, nets)
+    make = squeezed_block if squeeze else make_block
+    block = make(step, opts.updates, args.batch_size, args.horizon, args.discount)
     t0 = time.perf_counter()
-    compiled = block.lower(state, data).compile()  # the executable the jitted training loop runs
+    compiled = block.lower((states, keys), data, size_arg).compile()  # the executable training dispatches
     compile_s = time.perf_counter() - t0
 
-    state, m = compiled(state, data)  # warm-up dispatch
-    jax.block_until_ready((state, m))
-    times, cpus = [], []
+    carry, m = compiled((states, keys), data, size_arg)  # warm-up dispatch
+    jax.block_until_ready((carry, m))
+    walls, cpus = [], []
     for _ in range(opts.repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        state, m = compiled(state, data)
-        jax.block_until_ready((state, m))
-        times.append(time.perf_counter() - t0)
+        w0, c0 = time.perf_counter(), time.process_time()
+        carry, m = compiled(carry, data, size_arg)
+        jax.block_until_ready((carry, m))
+        walls.append(time.perf_counter() - w0)
         cpus.append(time.process_time() - c0)
-    if not all(math.isfinite(float(v)) for v in jax.device_get(m).values()):
-        raise RuntimeError(f"{algo}/{size}: non-finite metrics {jax.device_get(m)}")
-    ms = 1e3 * statistics.median(times) / opts.updates
+    bad = {k: v for k, v in jax.device_get(m).items() if not np.all(np.isfinite(v))}
+    if bad:
+        raise RuntimeError(f"{algo}/{size}: non-finite metrics {bad}")
+    one_state = jax.tree.map(lambda x: x[0], carry[0])
+    one_batch = jax.eval_shape(lambda d, k: sample_chunks(d, k, args.batch_size, args.horizon, args.discount), data, carry[1][0])
+    flops = jaxpr_matmul_flops(jax.make_jaxpr(step)(one_state, one_batch).jaxpr)
+    per = opts.updates
+    return {"ms_per_update": 1e3 * statistics.median(walls) / per, "cpu_ms": 1e3 * statistics.median(cpus) / per,
+            "ms_min": 1e3 * min(walls) / per, "ms_max": 1e3 * max(walls) / per, "compile_s": compile_s,
+            "updates_per_s": num_seeds * per / statistics.median(walls), "gflop_per_update": flops / 1e9}
 
-    flops, rolled = xla_flops_per_update(mod, args, nets, state, data)
-    one = mod.make_train_block(args, nets, 1)
-    mm = jaxpr_matmul_flops(jax.make_jaxpr(one)(state, data).jaxpr)
-    return {
-        "ms_per_update": ms,
-        "gflop_per_update": flops / 1e9,
-        "achieved_gflops": flops / 1e9 / (ms / 1e3),
-        "compile_s": compile_s,
-        # printed only (not in the JSON): cross-checks of the FLOP count, and the spread of repeats
-        "_matmul_gflop_jaxpr": mm / 1e9,
-        "_gflop_xla_rolled": rolled / 1e9,
-        "_ms_min": 1e3 * min(times) / opts.updates,
-        "_ms_max": 1e3 * max(times) / opts.updates,
-        "_cpu_ms": 1e3 * statistics.median(cpus) / opts.updates,  # process CPU time (all threads)
-    }
+
+def bench_peer(algo: str, size: str, opts: argparse.Namespace) -> dict[str, Any]:
+    """Their update at the same size, in a subprocess with their code first on the path (not ours)."""
+    if not os.path.isfile(os.path.join(opts.peer, "agents", f"{algo}.py")):
+        return {"error": f"no agents/{algo}.py in {opts.peer}"}
+    s, peer = SIZES[size], os.path.abspath(opts.peer)
+    cmd = [opts.peer_python, PEER_SCRIPT, "--dir", peer, "--algo", algo, "--hidden", *map(str, s["hidden"]),
+           "--num-qs", str(s["num_qs"]), "--batch-size", str(opts.batch_size), "--obs-dim", str(OBS_DIM), "--act-dim",
+           str(ACT_DIM), "--horizon", str(HORIZON), "--flow-steps", str(opts.flow_steps),
+           "--repeats", str(opts.peer_repeats or max(3, opts.repeats * opts.updates))]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=peer, env={**os.environ, "PYTHONPATH": peer})
+    if p.returncode != 0:
+        sys.exit(f"{p.stderr[-3000:]}\nerror: the peer's {algo} update at size {size} failed (exit {p.returncode}); its stderr is above")
+    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def device_string() -> str:
@@ -234,7 +262,7 @@ def device_string() -> str:
     return desc
 
 
-def _load() -> str:
+def load_average() -> str:
     try:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
@@ -245,10 +273,18 @@ def _load() -> str:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
-    p.add_argument("--algos", nargs="+", choices=list(ALGOS), default=list(ALGOS))
-    p.add_argument("--updates", type=int, default=5, help="updates per jitted dispatch (lax.scan length)")
+    p.add_argument("--algos", nargs="+", default=["trqam", "qam"], help=f"any of {', '.join(ALGOS)} or a --module NAME")
+    p.add_argument("--module", action="append", default=[], metavar="NAME=PATH",
+                   help="time the algorithm file PATH as NAME too (e.g. an older trqam.py from git show); no peer for it")
+    p.add_argument("--num-seeds", type=int, nargs="+", default=[1], help="seeds trained in one dispatch (vmapped)")
+    p.add_argument("--updates", type=int, default=10, help="updates per jitted dispatch (lax.scan length)")
     p.add_argument("--repeats", type=int, default=3, help="timed dispatches after the warm-up one")
-    p.add_argument("--json", type=str, default=None, help="write the results to this path")
+    p.add_argument("--peer", type=str, default=None, help="directory with the authors' agents/ and utils/: time theirs too")
+    p.add_argument("--peer-python", type=str, default=sys.executable, help="Python that runs the peer (with ml_collections)")
+    p.add_argument("--peer-repeats", type=int, default=None, help="their timed updates (default --repeats x --updates)")
+    p.add_argument("--squeeze-one-seed", action="store_true",
+                   help="also time one seed without make_block's vmap over a seed axis of size 1 (row '1 sq': a what-if for the runner)")
+    p.add_argument("--json", type=str, default=None, help="write the results to this path (rewritten after each row)")
     p.add_argument("--matmul-size", type=int, default=2048, help="n of the n x n float32 matmul peak")
     p.add_argument("--matmul-repeats", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=BATCH)
@@ -256,39 +292,63 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--dataset-size", type=int, default=100_000, help="transitions in the synthetic dataset")
     p.add_argument("--seed", type=int, default=0)
     opts = p.parse_args(argv)
-    if opts.updates < 1 or opts.repeats < 1:
-        p.error("--updates and --repeats must be at least 1")
+    for spec in opts.module:
+        name, _, path = spec.partition("=")
+        if not name or not os.path.isfile(path):
+            p.error(f"--module {spec}: need NAME=PATH of an algorithm file")
+        ALGOS[name] = os.path.abspath(path)
+    if set(opts.algos) - set(ALGOS):
+        p.error(f"unknown --algos {' '.join(sorted(set(opts.algos) - set(ALGOS)))}; known: {' '.join(ALGOS)}")
+    if opts.updates < 1 or opts.repeats < 1 or min(opts.num_seeds) < 1:
+        p.error("--updates, --repeats and --num-seeds must be at least 1")
+    if opts.peer and not os.path.isdir(os.path.join(opts.peer, "agents")):
+        p.error(f"--peer {opts.peer}: no agents/ folder there (the authors' code)")
 
     peak, peak_cpu = matmul_peak_gflops(opts.matmul_size, opts.matmul_repeats)
-    out: dict[str, Any] = {"matmul_peak_gflops": peak, "device": device_string(), "jax_version": jax.__version__}
-    print(f"device: {out['device']}   jax {out['jax_version']}   load average {_load()}\n"
+    out: dict[str, Any] = {"device": device_string(), "jax_version": jax.__version__, "command": " ".join(sys.argv),
+                           "load_average_start": load_average(), "matmul_peak_gflops": peak, "matmul_gflop_per_cpu_s": peak_cpu,
+                           "results": []}
+    print(f"device: {out['device']}   jax {out['jax_version']}   load average {out['load_average_start']}\n"
           f"matmul peak ({opts.matmul_size}^2 f32): {peak:.1f} GFLOP/s wall, {peak_cpu:.1f} GFLOP per CPU-second", flush=True)
-    header = (f"{'algo':<6} {'size':<6} {'ms/update':>10} {'(min-max)':>15} {'updates/s':>10} {'GFLOP/upd':>10} "
-              f"{'matmul(jaxpr)':>13} {'XLA(loops)':>10} {'GFLOP/s':>8} {'% peak':>7} {'compile s':>9} "
-              f"{'CPU ms/upd':>10} {'% peak(CPU)':>11}")
+    header = (f"{'algo':<15}{'size':<6}{'seeds':>5} {'ms/upd':>8} {'(min-max)':>13} {'CPU ms':>8} {'upd/s':>8} {'GFLOP':>7} "
+              f"{'%peak':>6} {'compile':>8} {'theirs ms':>10} {'CPU ms':>8} {'compile':>8} {'ratio':>6} {'load':>5}")
     print(header + "\n" + "-" * len(header), flush=True)
-    for algo in opts.algos:
-        out[algo] = {}
-        for size in opts.sizes:
-            r = bench_one(algo, size, opts)
-            out[algo][size] = {k: v for k, v in r.items() if not k.startswith("_")}
-            print(f"{algo:<6} {size:<6} {r['ms_per_update']:>10.2f} {r['_ms_min']:>7.1f}-{r['_ms_max']:<7.1f} "
-                  f"{1e3 / r['ms_per_update']:>10.2f} {r['gflop_per_update']:>10.3f} {r['_matmul_gflop_jaxpr']:>13.3f} "
-                  f"{r['_gflop_xla_rolled']:>10.3f} {r['achieved_gflops']:>8.1f} {100 * r['achieved_gflops'] / peak:>6.1f}% "
-                  f"{r['compile_s']:>9.1f} {r['_cpu_ms']:>10.1f} "
-                  f"{100 * r['gflop_per_update'] / (r['_cpu_ms'] / 1e3) / peak_cpu:>10.1f}%", flush=True)
-    peak_end, peak_cpu_end = matmul_peak_gflops(opts.matmul_size, opts.matmul_repeats)
-    print(f"matmul peak again at the end: {peak_end:.1f} GFLOP/s wall, {peak_cpu_end:.1f} GFLOP per CPU-second "
-          f"(the columns above use the first)", flush=True)
-    print(f"load average at the end: {_load()}. Other processes on the cores inflate the wall times; the CPU\n"
-          "columns (process CPU time, all threads) do not move with them: '% peak(CPU)' is GFLOP per CPU-second\n"
-          "of the update over that of the matmul.", flush=True)
-    if opts.json:
-        tmp = opts.json + ".tmp"
+    for size in opts.sizes:  # the algorithms of one size close together in time (machine load drifts)
+        for algo in opts.algos:
+            one = None
+            for n, sq in [(n, False) for n in opts.num_seeds] + [(1, True)] * (opts.squeeze_one_seed and 1 in opts.num_seeds):
+                r = {"algo": algo, "size": size, "num_seeds": n, "squeezed": sq, **bench_ours(algo, size, n, opts, sq)}
+                one = one or (r if n == 1 else None)
+                if n == 1 and not sq and opts.peer and not ALGOS[algo].endswith(".py"):
+                    r["peer"] = bench_peer(algo, size, opts)
+                    if "ms_per_update" in r["peer"]:
+                        r["ratio"] = r["peer"]["ms_per_update"] / r["ms_per_update"]
+                if one is not None and (n > 1 or sq):
+                    r["aggregate_vs_one_seed"] = r["updates_per_s"] / one["updates_per_s"]
+                r["load_average"] = load_average()
+                out["results"].append(r)
+                write_json(opts.json, out)
+                pr = r.get("peer", {})
+                theirs = (f"{pr['ms_per_update']:>10.2f} {pr['cpu_ms']:>8.2f} {pr['compile_s']:>7.1f}s {r['ratio']:>5.2f}x"
+                          if "ms_per_update" in pr else f"{pr.get('error', ''):>35}")
+                pct = 100 * n * r["gflop_per_update"] / (r["ms_per_update"] / 1e3) / peak
+                print(f"{algo:<15}{size:<6}{str(n) + ' sq' * sq:>5} {r['ms_per_update']:>8.2f} {r['ms_min']:>6.1f}-{r['ms_max']:<6.1f} "
+                      f"{r['cpu_ms']:>8.2f} {r['updates_per_s']:>8.1f} {r['gflop_per_update']:>7.3f} {pct:>5.1f}% "
+                      f"{r['compile_s']:>7.1f}s {theirs} {r['load_average'].split()[0]:>5}", flush=True)
+    out["load_average_end"] = load_average()
+    write_json(opts.json, out)
+    print(f"load average at the end: {out['load_average_end']}. ms/upd with N seeds = dispatch time / updates (N updates each);"
+          "\nupd/s = aggregate updates per second over all seeds; ratio = their ms / our ms (one seed); '1 sq' = one seed without\n"
+          "the runner's vmap over a seed axis of size 1 (--squeeze-one-seed).", flush=True)
+    return out
+
+
+def write_json(path: str | None, out: dict) -> None:
+    if path:
+        tmp = path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(out, f, indent=2)
-        os.replace(tmp, opts.json)
-    return out
+        os.replace(tmp, path)
 
 
 if __name__ == "__main__":
