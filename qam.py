@@ -197,6 +197,29 @@ def lean_adjoint(v_base: VelocityFn, obs: jax.Array, xs: jax.Array, adj_final: j
     return adjs, vbs
 
 
+def adjoint_matching(v: Callable[[Any], VelocityFn], policy: Any, base: Any, q: Callable[[jax.Array, jax.Array], jax.Array],
+                     obs: jax.Array, x0: jax.Array, eps: jax.Array, beta, lam_eff, args: Any) -> tuple[jax.Array, jax.Array, dict]:
+    """METHOD (4)-(9) on one batch: the rollout (5) of the frozen policy, the adjoints (6)-(7) against v_base = ``base``
+    (the critic ``q`` scaled by ``beta``), the matching loss (8) at ``lam_eff`` (its gradient reaches ``policy`` only)
+    and the path KL (9) per environment step. ``v(params)`` is the velocity field of a flow's parameters."""
+    sg = jax.lax.stop_gradient
+    K, (B, d) = args.flow_steps, x0.shape
+    v_base = v(base)
+    xs, x_final, _, vb_last = memoryless_rollout(v(sg(policy)), v_base, obs, x0, eps, K)
+    adj_final = terminal_adjoint(q, obs, x_final, beta)
+    adjs, vbs = lean_adjoint(v_base, obs, xs, adj_final, K, args.adjoint)
+    t, g2, h = sde_schedule(K)
+    obs_k, t_k = jnp.broadcast_to(obs, (K,) + obs.shape), jnp.broadcast_to(t[:, None, None], (K, B, 1))
+    if args.adjoint == "paper":  # its VJPs ran at t_k + h: v_base(s, x_k, t_k) of k <= K-2 in one batched call
+        vbs = jnp.concatenate([v_base(obs_k[:-1], xs[:-1], t_k[:-1]), vb_last[None]])
+    v_ft = v(policy)(obs_k, xs, t_k)  # all K steps in one batched call: one backward pass over K*B rows
+    chex.assert_shape([xs, v_ft, vbs, adjs], (K, B, d))
+    dv = v_ft - sg(vbs)
+    metrics = {"adj_final_norm": jnp.linalg.norm(adj_final, axis=-1).mean(), "adj_0_norm": jnp.linalg.norm(adjs[0], axis=-1).mean(),
+               "action_clip_frac": jnp.mean(jnp.abs(x_final) > 1.0)}
+    return adjoint_matching_loss(dv, sg(adjs), g2, lam_eff), path_kl(sg(dv), g2, h, args.horizon), metrics
+
+
 def adjoint_matching_loss(dv: jax.Array, adj: jax.Array, g2: jax.Array, lam_eff) -> jax.Array:
     """METHOD (8): E_batch sum_k || 2 (v_ft - v_base)/sigma_k + sigma_k a_k ||^2, sigma_k = g_k/sqrt(lam_eff).
 
@@ -290,26 +313,14 @@ def qam_loss(params: dict, state: TrainState, batch: dict, key: jax.Array, args:
     # BC flow matching (2) on the base
     bc_loss = bc_flow_loss(v(params["base"]), obs, batch["actions"], valid_h, k_bc)
 
-    # adjoint matching (4)-(8) against v_base = target_base
-    v_base = v(state.target["base"])
-    eps = jax.random.normal(k_eps, (K - 1, B, d))
-    xs, x_final, _, vb_last = memoryless_rollout(v(sg(params["policy"])), v_base, obs, jax.random.normal(k_x0, (B, d)), eps, K)
-    adj_final = terminal_adjoint(q(state.target["critic"]), obs, x_final, args.inv_temp)
-    adjs, vbs = lean_adjoint(v_base, obs, xs, adj_final, K, args.adjoint)
-    t, g2, h = sde_schedule(K)
-    obs_k, t_k = jnp.broadcast_to(obs, (K,) + obs.shape), jnp.broadcast_to(t[:, None, None], (K, B, 1))
-    if args.adjoint == "paper":  # its VJPs ran at t_k + h: v_base(s, x_k, t_k) of k <= K-2 in one batched call
-        vbs = jnp.concatenate([v_base(obs_k[:-1], xs[:-1], t_k[:-1]), vb_last[None]])
-    v_ft = v(params["policy"])(obs_k, xs, t_k)  # all K steps in one batched call: one backward pass over K*B rows
-    chex.assert_shape([xs, v_ft, vbs, adjs], (K, B, d))
-    dv = v_ft - sg(vbs)
-    am_loss = adjoint_matching_loss(dv, sg(adjs), g2, 1.0)
-    kl = path_kl(sg(dv), g2, h, H)
+    # adjoint matching (4)-(9) against v_base = target_base, beta = args.inv_temp, lambda_eff = 1.0
+    am_loss, kl, am_metrics = adjoint_matching(v, params["policy"], state.target["base"], q(state.target["critic"]), obs,
+                                               jax.random.normal(k_x0, (B, d)), jax.random.normal(k_eps, (K - 1, B, d)),
+                                               args.inv_temp, 1.0, args)
 
     metrics = {
         "critic_loss": critic_loss, "bc_loss": bc_loss, "am_loss": am_loss, "kl": kl, "q_mean": q_pred.mean(),
-        "q_std_members": q_pred.std(0).mean(), "target_mean": y.mean(), "adj_final_norm": jnp.linalg.norm(adj_final, axis=-1).mean(),
-        "adj_0_norm": jnp.linalg.norm(adjs[0], axis=-1).mean(), "action_clip_frac": jnp.mean(jnp.abs(x_final) > 1.0),
+        "q_std_members": q_pred.std(0).mean(), "target_mean": y.mean(), **am_metrics,
     }
     return critic_loss + bc_loss + am_loss, metrics
 

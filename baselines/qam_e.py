@@ -164,7 +164,7 @@ def sample_flow(v: VelocityFn, obs: jax.Array, x0: jax.Array, flow_steps: int) -
     def step(x, t):
         return x + h * v(obs, x, _tcol(t, x)), None
 
-    x, _ = jax.lax.scan(step, x0, jnp.arange(flow_steps) * h)
+    x, _ = jax.lax.scan(step, x0, jnp.arange(flow_steps) * h, unroll=True)  # unrolled: XLA fuses and overlaps the steps
     return jnp.clip(x, -1.0, 1.0)
 
 
@@ -188,21 +188,20 @@ def memoryless_rollout(
     v_ft: VelocityFn, v_base: VelocityFn, obs: jax.Array, x0: jax.Array, eps: jax.Array, flow_steps: int
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Controlled rollout, METHOD (5): memoryless drift b_k = 2 v_ft - x/(t_k+h) (4) plus noise for
-    k = 0..K-2, then one deterministic base step. Returns x_0..x_{K-1} as (K, B, d) and x_K (constants),
-    the v_ft(s, x_k, t_k) of k <= K-2 (with their gradient: the loss (8) reuses them) and v_base(s, x_{K-1}, t_{K-1})."""
+    k = 0..K-2, then one deterministic base step. Returns, all as constants: x_0..x_{K-1} as (K, B, d), x_K,
+    the v_ft(s, x_k, t_k) of k <= K-2 and v_base(s, x_{K-1}, t_{K-1})."""
     t, g2, h = sde_schedule(flow_steps)
     sg = jax.lax.stop_gradient
 
     def step(x, inp):
         tk, g2k, ek = inp
         vf = v_ft(obs, x, _tcol(tk, x))
-        x_next = x + h * (2.0 * sg(vf) - x / (tk + h)) + jnp.sqrt(h * g2k) * ek
-        return x_next, (x, vf)
+        return x + h * (2.0 * vf - x / (tk + h)) + jnp.sqrt(h * g2k) * ek, (x, vf)
 
-    x_last, (xs, vfs) = jax.lax.scan(step, sg(x0), (t[:-1], g2[:-1], eps))  # xs = x_0..x_{K-2}
+    x_last, (xs, vfs) = jax.lax.scan(step, sg(x0), (t[:-1], g2[:-1], eps), unroll=True)  # xs = x_0..x_{K-2}
     vb_last = v_base(obs, x_last, _tcol(t[-1], x_last))
     xs = jnp.concatenate([xs, x_last[None]], axis=0)
-    return sg(xs), sg(x_last + h * vb_last), vfs, sg(vb_last)
+    return sg(xs), sg(x_last + h * vb_last), sg(vfs), sg(vb_last)
 
 
 def terminal_adjoint(q: Callable[[jax.Array, jax.Array], jax.Array], obs: jax.Array, x_final: jax.Array, beta) -> jax.Array:
@@ -236,8 +235,31 @@ def lean_adjoint(v_base: VelocityFn, obs: jax.Array, xs: jax.Array, adj_final: j
         adj_k = adj + h * vjp(adj)[0]
         return adj_k, (adj_k, vb)
 
-    _, (adjs, vbs) = jax.lax.scan(step, adj_final, (xs, t_eval, coef_v, coef_x), reverse=True)
+    _, (adjs, vbs) = jax.lax.scan(step, adj_final, (xs, t_eval, coef_v, coef_x), reverse=True, unroll=True)
     return adjs, vbs
+
+
+def adjoint_matching(v: Callable[[Any], VelocityFn], policy: Any, base: Any, q: Callable[[jax.Array, jax.Array], jax.Array],
+                     obs: jax.Array, x0: jax.Array, eps: jax.Array, beta, lam_eff, args: Any) -> tuple[jax.Array, jax.Array, dict]:
+    """METHOD (4)-(9) on one batch: the rollout (5) of the frozen policy, the adjoints (6)-(7) against v_base = ``base``
+    (the critic ``q`` scaled by ``beta``), the matching loss (8) at ``lam_eff`` (its gradient reaches ``policy`` only)
+    and the path KL (9) per environment step. ``v(params)`` is the velocity field of a flow's parameters."""
+    sg = jax.lax.stop_gradient
+    K, (B, d) = args.flow_steps, x0.shape
+    v_base = v(base)
+    xs, x_final, _, vb_last = memoryless_rollout(v(sg(policy)), v_base, obs, x0, eps, K)
+    adj_final = terminal_adjoint(q, obs, x_final, beta)
+    adjs, vbs = lean_adjoint(v_base, obs, xs, adj_final, K, args.adjoint)
+    t, g2, h = sde_schedule(K)
+    obs_k, t_k = jnp.broadcast_to(obs, (K,) + obs.shape), jnp.broadcast_to(t[:, None, None], (K, B, 1))
+    if args.adjoint == "paper":  # its VJPs ran at t_k + h: v_base(s, x_k, t_k) of k <= K-2 in one batched call
+        vbs = jnp.concatenate([v_base(obs_k[:-1], xs[:-1], t_k[:-1]), vb_last[None]])
+    v_ft = v(policy)(obs_k, xs, t_k)  # all K steps in one batched call: one backward pass over K*B rows
+    chex.assert_shape([xs, v_ft, vbs, adjs], (K, B, d))
+    dv = v_ft - sg(vbs)
+    metrics = {"adj_final_norm": jnp.linalg.norm(adj_final, axis=-1).mean(), "adj_0_norm": jnp.linalg.norm(adjs[0], axis=-1).mean(),
+               "action_clip_frac": jnp.mean(jnp.abs(x_final) > 1.0)}
+    return adjoint_matching_loss(dv, sg(adjs), g2, lam_eff), path_kl(sg(dv), g2, h, args.horizon), metrics
 
 
 def adjoint_matching_loss(dv: jax.Array, adj: jax.Array, g2: jax.Array, lam_eff) -> jax.Array:
@@ -378,27 +400,14 @@ def loss(params: dict, state: TrainState, batch: dict, key: jax.Array, args: Arg
     # BC flow matching (2) on the base
     bc_loss = bc_flow_loss(v(params["base"]), obs, batch["actions"], valid_h, k_bc)
 
-    # adjoint matching (4)-(8) against v_base = target_base
-    v_base = v(state.target["base"])
-    eps = jax.random.normal(k_eps, (K - 1, B, d))
-    xs, x_final, v_ft, vb_last = memoryless_rollout(v(params["policy"]), v_base, obs, jax.random.normal(k_x0, (B, d)), eps, K)
-    adj_final = terminal_adjoint(q(state.target["critic"]), obs, x_final, args.inv_temp)
-    adjs, vbs = lean_adjoint(v_base, obs, xs, adj_final, K, args.adjoint)
-    t, g2, h = sde_schedule(K)
-    if args.adjoint == "paper":  # its VJPs ran at t_k + h: v_base(s, x_k, t_k) of k <= K-2 in one batched call
-        vbs = jnp.concatenate([v_base(jnp.broadcast_to(obs, (K - 1,) + obs.shape), xs[:-1],
-                                      jnp.broadcast_to(t[:-1, None, None], (K - 1, B, 1))), vb_last[None]])
-    # v_ft at x_0..x_{K-2} comes from the rollout (with its gradient); only x_{K-1} is new
-    v_ft = jnp.concatenate([v_ft, v(params["policy"])(obs, xs[-1], _tcol(t[-1], xs[-1]))[None]], axis=0)
-    chex.assert_shape([xs, v_ft, vbs, adjs], (K, B, d))
-    dv = v_ft - sg(vbs)
-    am_loss = adjoint_matching_loss(dv, sg(adjs), g2, 1.0)
-    kl = path_kl(sg(dv), g2, h, H)
+    # adjoint matching (4)-(9) against v_base = target_base, beta = args.inv_temp, lambda_eff = 1.0
+    am_loss, kl, am_metrics = adjoint_matching(v, params["policy"], state.target["base"], q(state.target["critic"]), obs,
+                                               jax.random.normal(k_x0, (B, d)), jax.random.normal(k_eps, (K - 1, B, d)),
+                                               args.inv_temp, 1.0, args)
 
     metrics = {
         "critic_loss": critic_loss, "bc_loss": bc_loss, "am_loss": am_loss, "kl": kl, "q_mean": q_pred.mean(),
-        "q_std_members": q_pred.std(0).mean(), "target_mean": y.mean(), "adj_final_norm": jnp.linalg.norm(adj_final, axis=-1).mean(),
-        "adj_0_norm": jnp.linalg.norm(adjs[0], axis=-1).mean(), "action_clip_frac": jnp.mean(jnp.abs(x_final) > 1.0),
+        "q_std_members": q_pred.std(0).mean(), "target_mean": y.mean(), **am_metrics,
     }
     if args.edit_scale == 0:  # plain QAM: no edit loss (its gradients would still count in the clipped global norm)
         return critic_loss + bc_loss + am_loss, metrics
