@@ -150,6 +150,8 @@ class Config:
     layers: int = 2
     flow_steps: int = 10
     """K Euler steps (METHOD default)"""
+    adjoint: str = "paper"
+    """lean adjoint (7) 'paper' (the default of trqam.py) or (7') 'exact'"""
     data_size: int = 4096
     """behaviour-data points"""
     eval_size: int = 8192
@@ -176,7 +178,7 @@ def pretrain(cfg: Config, net, data: jax.Array, key: jax.Array) -> tuple[dict, j
     tx = make_tx(cfg.pretrain_lr)
     B = cfg.pretrain_batch_size
     obs = jnp.zeros((B, OBS_DIM))
-    weight = jnp.ones((B, ACT_DIM))
+    weight = jnp.ones(B)
 
     @jax.jit
     def run(params, data, key):
@@ -213,9 +215,7 @@ def finetune(cfg: Config, net, base: dict, key: jax.Array, algo: str):
     dual_args = trqam.Args(lam_init=cfg.lam_init, lam_lr=cfg.lam_lr, lam_scale=cfg.lam_scale)
     beta = 1.0 if algo == "trqam" else cfg.qam_inv_temp
     obs = jnp.zeros((B, OBS_DIM))
-    obs_k = jnp.zeros((K, B, OBS_DIM))
-    t, g2, h = mod.sde_schedule(K)
-    t_k = jnp.broadcast_to(t[:, None, None], (K, B, 1))
+    am_args = dataclasses.replace(dual_args, flow_steps=K, horizon=HORIZON, adjoint=cfg.adjoint)
 
     def v(p):
         return lambda o, x, tt: net.apply({"params": p}, o, x, tt)
@@ -224,20 +224,13 @@ def finetune(cfg: Config, net, base: dict, key: jax.Array, algo: str):
 
     def update(base, carry, key):
         params, opt_state, lam, kl_avg = carry
-        v_base = v(base)  # frozen: the critic is given, so nothing trains the base
         k_x0, k_eps = jax.random.split(key)
-        eps = jax.random.normal(k_eps, (K - 1, B, ACT_DIM))
-        # (5); the trajectory is a constant (its first two outputs; any further output is ignored and the
-        # loss evaluates v_ft on the trajectory itself)
-        rollout = mod.memoryless_rollout(v(params), v_base, obs, jax.random.normal(k_x0, (B, ACT_DIM)), eps, K)
-        xs, x_final = jax.lax.stop_gradient(rollout[0]), jax.lax.stop_gradient(rollout[1])
-        adj_final = mod.terminal_adjoint(critic, obs, x_final, beta)  # (6)
-        adjs, vbs = mod.lean_adjoint(v_base, obs, xs, adj_final, K)  # (7), exact time
+        x0, eps = jax.random.normal(k_x0, (B, ACT_DIM)), jax.random.normal(k_eps, (K - 1, B, ACT_DIM))
         lam_eff = cfg.lam_scale * lam if algo == "trqam" else 1.0
 
-        def loss_fn(p):
-            dv = v(p)(obs_k, xs, t_k) - vbs
-            return mod.adjoint_matching_loss(dv, adjs, g2, lam_eff), mod.path_kl(jax.lax.stop_gradient(dv), g2, h, HORIZON)  # (8), (9)
+        def loss_fn(p):  # (4)-(9) exactly as the algorithm files compute them; the base is frozen (the critic is given)
+            am_loss, kl, _ = mod.adjoint_matching(v, p, base, critic, obs, x0, eps, beta, lam_eff, am_args)
+            return am_loss, kl
 
         (loss, kl), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
         upd, opt_state = tx.update(g, opt_state, params)
