@@ -41,7 +41,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from types import ModuleType
 from typing import Any
@@ -169,24 +169,6 @@ def matmul_peak_gflops(n: int, repeats: int) -> tuple[float, float]:
     return 2.0 * n**3 / min(walls) / 1e9, 2.0 * n**3 / max(min(cpus), 1e-9) / 1e9
 
 
-def squeezed_block(update: Callable, n: int, batch_size: int, horizon: int, discount: float) -> Callable:
-    """``make_block`` for one seed without the vmap over its seed axis of size 1 (``--squeeze-one-seed``): what the
-    runner would dispatch if it dropped that axis. Same sampling, same keys, same results."""
-
-    def block(carry, data, size):
-        def body(c, _):
-            states, keys = c
-            ks = jax.vmap(jax.random.split)(keys)
-            batch = sample_chunks(data, ks[0, 0], batch_size, horizon, discount, size)
-            state, m = update(jax.tree.map(lambda x: x[0], states), batch)
-            return (jax.tree.map(lambda x: x[None], state), ks[:, 1]), jax.tree.map(lambda x: x[None], m)
-
-        carry, ms = jax.lax.scan(body, carry, None, length=n)
-        return carry, jax.tree.map(lambda x: x.mean(0), ms)
-
-    return jax.jit(block, donate_argnums=0)
-
-
 def load_module(algo: str) -> ModuleType:
     """An algorithm module by name, or from a file given by ``--module NAME=PATH`` (e.g. an older version of it)."""
     path = ALGOS[algo]
@@ -198,16 +180,15 @@ def load_module(algo: str) -> ModuleType:
     return mod
 
 
-def bench_ours(algo: str, size: str, num_seeds: int, opts: argparse.Namespace, squeeze: bool = False) -> dict[str, float]:
-    """One dispatch = ``--updates`` updates of ``num_seeds`` seeds through ``make_block`` (``squeezed_block`` if ``squeeze``)."""
+def bench_ours(algo: str, size: str, num_seeds: int, opts: argparse.Namespace) -> dict[str, float]:
+    """One dispatch = ``--updates`` updates of ``num_seeds`` seeds through ``make_block`` (one seed: no vmap, as the runner)."""
     mod = load_module(algo)
     args = make_args(mod, size, opts.batch_size, opts.flow_steps)
     nets, states, keys = training_setup(mod, args, num_seeds, opts.seed)
     data = synthetic_dataset(opts.dataset_size, OBS_DIM, ACT_DIM, seed=opts.seed)
     size_arg = np.int32(opts.dataset_size)
     step = partial(mod.update, args, nets)
-    make = squeezed_block if squeeze else make_block
-    block = make(step, opts.updates, args.batch_size, args.horizon, args.discount)
+    block = make_block(step, opts.updates, args.batch_size, args.horizon, args.discount)
     t0 = time.perf_counter()
     compiled = block.lower((states, keys), data, size_arg).compile()  # the executable training dispatches
     compile_s = time.perf_counter() - t0
@@ -282,8 +263,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--peer", type=str, default=None, help="directory with the authors' agents/ and utils/: time theirs too")
     p.add_argument("--peer-python", type=str, default=sys.executable, help="Python that runs the peer (with ml_collections)")
     p.add_argument("--peer-repeats", type=int, default=None, help="their timed updates (default --repeats x --updates)")
-    p.add_argument("--squeeze-one-seed", action="store_true",
-                   help="also time one seed without make_block's vmap over a seed axis of size 1 (row '1 sq': a what-if for the runner)")
     p.add_argument("--json", type=str, default=None, help="write the results to this path (rewritten after each row)")
     p.add_argument("--matmul-size", type=int, default=2048, help="n of the n x n float32 matmul peak")
     p.add_argument("--matmul-repeats", type=int, default=20)
@@ -316,14 +295,14 @@ def main(argv: list[str] | None = None) -> dict:
     for size in opts.sizes:  # the algorithms of one size close together in time (machine load drifts)
         for algo in opts.algos:
             one = None
-            for n, sq in [(n, False) for n in opts.num_seeds] + [(1, True)] * (opts.squeeze_one_seed and 1 in opts.num_seeds):
-                r = {"algo": algo, "size": size, "num_seeds": n, "squeezed": sq, **bench_ours(algo, size, n, opts, sq)}
+            for n in opts.num_seeds:
+                r = {"algo": algo, "size": size, "num_seeds": n, **bench_ours(algo, size, n, opts)}
                 one = one or (r if n == 1 else None)
-                if n == 1 and not sq and opts.peer and not ALGOS[algo].endswith(".py"):
+                if n == 1 and opts.peer and not ALGOS[algo].endswith(".py"):
                     r["peer"] = bench_peer(algo, size, opts)
                     if "ms_per_update" in r["peer"]:
                         r["ratio"] = r["peer"]["ms_per_update"] / r["ms_per_update"]
-                if one is not None and (n > 1 or sq):
+                if one is not None and n > 1:
                     r["aggregate_vs_one_seed"] = r["updates_per_s"] / one["updates_per_s"]
                 r["load_average"] = load_average()
                 out["results"].append(r)
@@ -332,14 +311,13 @@ def main(argv: list[str] | None = None) -> dict:
                 theirs = (f"{pr['ms_per_update']:>10.2f} {pr['cpu_ms']:>8.2f} {pr['compile_s']:>7.1f}s {r['ratio']:>5.2f}x"
                           if "ms_per_update" in pr else f"{pr.get('error', ''):>35}")
                 pct = 100 * n * r["gflop_per_update"] / (r["ms_per_update"] / 1e3) / peak
-                print(f"{algo:<15}{size:<6}{str(n) + ' sq' * sq:>5} {r['ms_per_update']:>8.2f} {r['ms_min']:>6.1f}-{r['ms_max']:<6.1f} "
+                print(f"{algo:<15}{size:<6}{n:>5} {r['ms_per_update']:>8.2f} {r['ms_min']:>6.1f}-{r['ms_max']:<6.1f} "
                       f"{r['cpu_ms']:>8.2f} {r['updates_per_s']:>8.1f} {r['gflop_per_update']:>7.3f} {pct:>5.1f}% "
                       f"{r['compile_s']:>7.1f}s {theirs} {r['load_average'].split()[0]:>5}", flush=True)
     out["load_average_end"] = load_average()
     write_json(opts.json, out)
     print(f"load average at the end: {out['load_average_end']}. ms/upd with N seeds = dispatch time / updates (N updates each);"
-          "\nupd/s = aggregate updates per second over all seeds; ratio = their ms / our ms (one seed); '1 sq' = one seed without\n"
-          "the runner's vmap over a seed axis of size 1 (--squeeze-one-seed).", flush=True)
+          "\nupd/s = aggregate updates per second over all seeds; ratio = their ms / our ms (one seed).", flush=True)
     return out
 
 

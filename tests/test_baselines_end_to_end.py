@@ -13,15 +13,18 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 from helpers import ROOT, TINY, assert_trees_equal, last_checkpoint, read_csv, run
 
 from utils import checkpoint
 
 PRE, OFF, ON = 10, 20, 30
-SCRIPTS = [[os.path.relpath(p, ROOT)] for p in sorted(glob.glob(os.path.join(ROOT, "baselines", "*.py")))]
-SCRIPTS = [s for s in SCRIPTS if not s[0].endswith("cgql.py")]
-SCRIPTS += [["baselines/cgql.py", "--guidance", g] for g in ("simple", "mse", "linex")]
+# knobs the cube-single presets leave at a degenerate value (QAM-E and QAM-F would be plain QAM there)
+EXTRA = {"dsrl.py": ["--noise-bound", "0.5"], "qam_e.py": ["--edit-scale", "0.5"], "qam_f.py": ["--fql-alpha", "10"]}
+SCRIPTS = [[os.path.relpath(p, ROOT), *EXTRA.get(os.path.basename(p), [])]
+           for p in sorted(glob.glob(os.path.join(ROOT, "baselines", "*.py"))) if not p.endswith("cgql.py")]
+SCRIPTS += [["baselines/cgql.py", "--guidance", "linex"]]  # CGQL-L, the paper's; every mode's losses: test_cgql.py
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: " ".join(s).replace("baselines/", ""))
@@ -36,8 +39,12 @@ def test_baseline_pipeline_and_exact_resume(script, tiny_dataset, tmp_path):
     assert {r["phase"] for r in train} == ({"offline", "online"} | ({"pretrain"} if pre else set()))
     assert [(r["phase"], int(r["phase_step"])) for r in ev] == [("offline", 0), ("offline", OFF), ("online", 20), ("online", ON)]
     assert os.path.exists(os.path.join(ref, "pretrained.msgpack")) == bool(pre)
-    summary = json.load(open(os.path.join(ref, "summary.json")))
+    summary, args = (json.load(open(os.path.join(ref, f))) for f in ("summary.json", "args.json"))
     assert summary["steps"] == pre + OFF + ON and 0.0 <= summary["final_success"] <= 1.0
+    assert summary["algorithm"] == args["exp_name"] and all(np.isfinite(float(v)) for v in train[-1].values() if v not in ("", "online"))
+    for flag, value in zip(script[1::2], script[2::2], strict=True):  # the method's own flags arrived
+        got = args[flag[2:].replace("-", "_")]
+        assert got == (value if isinstance(got, str) else float(value))
     assert len(read_csv(os.path.join(ref, "online_episodes.csv"))) == ON // 23
 
     killed = str(tmp_path / "killed")

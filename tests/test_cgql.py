@@ -6,14 +6,11 @@ hand-evaluated mse / linex values and gradients), so a sign, index, time or scal
 
 from __future__ import annotations
 
-import json
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import TINY, read_csv, run
+from helpers import TINY, run
 
 from baselines import cgql
 from utils.errors import UserError
@@ -202,17 +199,6 @@ def test_presets_and_names():
     assert (a.guidance, a.guidance_scale, a.noisy_coef) == ("simple", 0.1, 0.001)
 
 
-def test_script_runs(tiny_dataset, tmp_path):
-    """CGQL-L offline from its BC stage (tests/test_baselines_end_to_end.py runs every mode offline -> online, resumed)."""
-    rd = str(tmp_path / "run")
-    run("baselines/cgql.py", *TINY, "--dataset-path", tiny_dataset, "--run-dir", rd, "--guidance", "linex", "--pretrain-steps", "10",
-        "--offline-steps", "20", "--log-interval", "10", "--eval-interval", "20", "--eval-episodes", "1")
-    train, ev = read_csv(os.path.join(rd, "train.csv")), read_csv(os.path.join(rd, "eval.csv"))
-    assert [(r["phase"], int(r["step"])) for r in train] == [("pretrain", 10), ("offline", 20), ("offline", 30)]
-    assert all(np.isfinite(float(train[-1][k])) for k in ("critic_loss", "noisy_loss", "bc_loss"))
-    assert [(r["phase"], int(r["phase_step"])) for r in ev] == [("offline", 0), ("offline", 20)]
-    summary = json.load(open(os.path.join(rd, "summary.json")))
-    assert summary["algorithm"] == "cgql_l" and summary["steps"] == 30 and summary["inv_temp"] == 10.0
 
 
 def test_bad_flags_one_line(tmp_path):

@@ -49,8 +49,8 @@ def test_pipeline_pretrain_offline_eval(script, tiny_dataset, tmp_path):
     assert b["params"]["policy"].keys() == a.keys()
 
 
-OFFLINE_COMMON = ["--pretrain-steps", "20", "--offline-steps", "120", "--log-interval", "20", "--eval-interval", "20",
-                  "--checkpoint-interval", "20", "--eval-episodes", "3"]
+OFFLINE_COMMON = ["--pretrain-steps", "20", "--offline-steps", "80", "--log-interval", "20", "--eval-interval", "40",
+                  "--checkpoint-interval", "20", "--eval-episodes", "2"]
 
 
 def seed_dirs(run_dir: str, num_seeds: int, seed: int = 0) -> list[str]:
@@ -75,7 +75,7 @@ def test_killed_run_resumes_to_the_same_result(script, num_seeds, tiny_dataset, 
     for a_dir, b_dir in zip(seed_dirs(ref, num_seeds), seed_dirs(rd, num_seeds), strict=True):
         assert_trees_equal(last_checkpoint(a_dir)["tree"], last_checkpoint(b_dir)["tree"])
         steps = [int(r["step"]) for r in read_csv(os.path.join(b_dir, "train.csv"))]
-        assert steps == sorted(set(steps)) and steps[-1] == 140  # no duplicated rows after the resume
+        assert steps == sorted(set(steps)) and steps[-1] == 100  # no duplicated rows after the resume
         assert read_csv(os.path.join(b_dir, "eval.csv")) == read_csv(os.path.join(a_dir, "eval.csv"))
     if num_seeds > 1:
         # seed i of the vmapped run equals the single-seed run of that seed (within float tolerance)

@@ -210,17 +210,15 @@ def test_dry_run_prints_the_grouped_plan(data_dir, tmp_path, capsys):
     assert "stage 3: fine-tuning from the BC checkpoints: 8 runs, 8 to run" in text
 
 
-FQL_MISSING = not os.path.exists(os.path.join(ROOT, "baselines", "fql.py"))
-
-
 @pytest.mark.parametrize("flags, after, expect", [
     (["--algos", "nope"], [], "unknown algorithm nope"),
-    pytest.param(["--algos", "fql"], [], "baselines/fql.py does not exist yet", marks=pytest.mark.skipif(not FQL_MISSING, reason="exists")),
+    (["--algos", "ghost"], [], "baselines/ghost.py does not exist yet"),
     (["--env-ids", "antmaze-large-navigate"], [], "locomotion data cannot be generated"),
     (["--address", "127.0.0.1:1"], [], "no Ray cluster reachable"),
     ([], ["--seed", "3"], "--seed after -- is set by the sweep"),
 ])
-def test_one_line_errors(flags, after, expect, data_dir, tmp_path, capsys):
+def test_one_line_errors(flags, after, expect, data_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(plan.ALGOS, "ghost", plan.Algo("baselines/ghost.py"))  # a method whose script is missing
     base = ["--algos", "trqam", "--env-ids", "cube-single-play", "--out", str(tmp_path / "E"), "--data-dir", data_dir]
     code = sweep.main(base + flags + (["--", *after] if after else []))  # argparse: the later --algos wins
     err = capsys.readouterr().err.strip().splitlines()

@@ -4,15 +4,12 @@ minimum critic, what the BC checkpoint sets, one jitted update, the presets, and
 
 from __future__ import annotations
 
-import json
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import TINY, read_csv, run
+from helpers import TINY, run
 
 from baselines import ifql
 from utils.errors import UserError
@@ -175,17 +172,3 @@ def test_bad_expectile_is_one_line(tmp_path):
     lines = [line for line in p.stderr.splitlines() if line.strip()]
     assert p.returncode == 2 and "Traceback" not in p.stderr and lines == ["error: --expectile must lie in (0, 1), got 1.0"]
 
-
-def test_script_pretrain_offline_eval(tiny_dataset, tmp_path):
-    """The script as a user runs it; online and resume are tests/test_baselines_end_to_end.py's."""
-    rd = str(tmp_path / "run")
-    run("baselines/ifql.py", *TINY, "--dataset-path", tiny_dataset, "--run-dir", rd, "--pretrain-steps", "10", "--offline-steps", "20",
-        "--log-interval", "10", "--eval-interval", "20", "--checkpoint-interval", "20", "--eval-episodes", "1", "--num-samples", "4")
-    train, ev = read_csv(os.path.join(rd, "train.csv")), read_csv(os.path.join(rd, "eval.csv"))
-    assert [r["phase"] for r in train] == ["pretrain", "offline", "offline"]
-    assert all(np.isfinite(float(train[-1][k])) for k in ("critic_loss", "value_loss", "bc_loss"))
-    assert [(r["phase"], int(r["phase_step"])) for r in ev] == [("offline", 0), ("offline", 20)]
-    summary = json.load(open(os.path.join(rd, "summary.json")))
-    assert summary["algorithm"] == "ifql" and summary["steps"] == 30 and 0.0 <= summary["final_success"] <= 1.0
-    saved = json.load(open(os.path.join(rd, "args.json")))
-    assert saved["expectile"] == 0.9 and saved["num_samples"] == 4

@@ -3,15 +3,13 @@ to qam.py's (and all of it at --edit-scale 0), checkpoint loading, one update, a
 
 from __future__ import annotations
 
-import json
-import os
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import TINY, read_csv, run
+from helpers import TINY, run
 from test_dsrl import np_tanh_normal_logp
 
 import qam
@@ -224,16 +222,3 @@ def test_one_jitted_update(setup):
         for t_new, p_old, t_old in zip(*(jax.tree.leaves(x) for x in (new.target[k], state.params[k], state.target[k])), strict=True):
             np.testing.assert_allclose(t_new, args.tau * np.asarray(p_old) + (1 - args.tau) * np.asarray(t_old), rtol=1e-5, atol=1e-7)
 
-
-def test_script_pretrain_offline_online_eval(tiny_dataset, tmp_path):
-    rd = str(tmp_path / "run")
-    run("baselines/qam_e.py", *TINY, "--dataset-path", tiny_dataset, "--run-dir", rd, "--pretrain-steps", "20", "--offline-steps", "20",
-        "--online-steps", "30", "--online-max-episode-steps", "23", "--start-training", "10", "--log-interval", "10",
-        "--eval-interval", "20", "--checkpoint-interval", "20", "--eval-episodes", "1", "--edit-scale", "0.5")
-    train, ev = read_csv(os.path.join(rd, "train.csv")), read_csv(os.path.join(rd, "eval.csv"))
-    assert [r["phase"] for r in train] == ["pretrain"] * 2 + ["offline"] * 2 + ["online"] * 3
-    assert [(r["phase"], int(r["phase_step"])) for r in ev] == [("offline", 0), ("offline", 20), ("online", 20), ("online", 30)]
-    assert all(np.isfinite(float(train[-1][k])) for k in ("critic_loss", "am_loss", "bc_loss", "edit_loss", "edit_alpha"))
-    summary = json.load(open(os.path.join(rd, "summary.json")))
-    assert summary["algorithm"] == "qam_e" and summary["steps"] == 70 and summary["edit_scale"] == 0.5 and summary["edit_alpha"] > 0
-    assert summary["inv_temp"] == pytest.approx(0.3)  # cube-single is outside the table: the config default

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import TINY, read_csv, run
+from helpers import TINY, run
 
 import qam
 from baselines import qam_f
@@ -135,19 +132,6 @@ def test_presets():
     assert (resolved(env_id="cube-single-play").fql_alpha, resolved(env_id="cube-single-play").inv_temp) == (0.0, 0.3)
 
 
-def test_script_offline_online(tiny_dataset, tmp_path):
-    """With alpha_F > 0 (the shared tests/test_baselines_end_to_end.py runs the cube-single preset, alpha_F = 0)."""
-    rd = str(tmp_path / "run")
-    run("baselines/qam_f.py", *TINY, "--dataset-path", tiny_dataset, "--run-dir", rd, "--fql-alpha", "10", "--pretrain-steps", "10",
-        "--offline-steps", "20", "--online-steps", "30", "--start-training", "10", "--online-max-episode-steps", "23",
-        "--log-interval", "10", "--eval-interval", "20", "--eval-episodes", "1")
-    train, ev = read_csv(os.path.join(rd, "train.csv")), read_csv(os.path.join(rd, "eval.csv"))
-    assert [(r["phase"], int(r["step"])) for r in train] == [("pretrain", 10), ("offline", 20), ("offline", 30),
-                                                             ("online", 40), ("online", 50), ("online", 60)]
-    assert all(np.isfinite(float(train[i][k])) for i in (2, 5) for k in ("critic_loss", "am_loss", "onestep_loss", "distill_loss"))
-    assert [(r["phase"], int(r["phase_step"])) for r in ev] == [("offline", 0), ("offline", 20), ("online", 20), ("online", 30)]
-    summary = json.load(open(os.path.join(rd, "summary.json")))
-    assert summary["algorithm"] == "qam_f" and summary["fql_alpha"] == 10.0 and summary["steps"] == 60
 
 
 def test_bad_flag_one_line(tmp_path):

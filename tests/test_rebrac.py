@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import TINY, read_csv, run
+from helpers import TINY, run
 
 from baselines import rebrac
 from utils.errors import UserError
@@ -121,18 +118,6 @@ def test_presets():
     assert (a.actor_alpha, a.actor_noise) == (0.0, 0.05)
 
 
-def test_script_runs(tiny_dataset, tmp_path):
-    """Offline with no BC stage; the initial actor is evaluated at step 0 (tests/test_baselines_end_to_end.py adds online, resume)."""
-    rd = str(tmp_path / "run")
-    run("baselines/rebrac.py", *TINY, "--dataset-path", tiny_dataset, "--run-dir", rd, "--offline-steps", "20", "--log-interval", "10",
-        "--eval-interval", "20", "--eval-episodes", "1", "--actor-alpha", "0.1")
-    train, ev = read_csv(os.path.join(rd, "train.csv")), read_csv(os.path.join(rd, "eval.csv"))
-    assert [(r["phase"], int(r["step"])) for r in train] == [("offline", 10), ("offline", 20)]
-    assert all(np.isfinite(float(train[-1][k])) for k in ("critic_loss", "actor_loss", "bc_mse"))
-    assert [(r["phase"], int(r["step"])) for r in ev] == [("offline", 0), ("offline", 20)]
-    summary = json.load(open(os.path.join(rd, "summary.json")))
-    assert summary["algorithm"] == "rebrac" and summary["pretrain_steps"] == 0 and summary["actor_alpha"] == pytest.approx(0.1)
-    assert not os.path.exists(os.path.join(rd, "pretrained.msgpack"))
 
 
 def test_bad_flags_one_line(tmp_path):

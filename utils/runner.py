@@ -33,7 +33,7 @@ from utils import checkpoint, online
 from utils.args import RunArgs, network_defaults
 from utils.data import DeviceDataset, full_env_name, make_env, resolve_dataset_path, sample_chunks
 from utils.errors import UserError
-from utils.evaluate import Evaluator
+from utils.evaluate import MAX_ENVS, Evaluator, default_workers
 from utils.runlog import Progress, RunLog
 
 Tree = Any
@@ -264,7 +264,7 @@ class Runner:
         episode e at chunk c keyed by (that seed, e, c); the first episode filmed with --capture-video."""
         a, n, e = self.args, len(self.seeds), self.args.eval_episodes
         if self.evaluator is None:
-            workers = a.eval_workers if a.eval_workers is not None else min(len(os.sched_getaffinity(0)), 8, n * e)
+            workers = a.eval_workers if a.eval_workers is not None else default_workers(min(MAX_ENVS, n * e))
             self.evaluator = Evaluator(self.env_name, n, e, workers)
         if (act, "eval") not in self._jitted:
             def policy(tree, obs, seeds, chunk):

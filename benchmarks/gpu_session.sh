@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# One call on an NVIDIA GPU node (no network): speed against the authors' code, seeds per process, evaluation
+# speed with the node's cores, and a small GPU slice of the experiment. Results under OUT (files + slice.tar.gz).
+#
+#   bash benchmarks/gpu_session.sh OUT        # from the repository root
+#
+# Brings its own packages (the node has jax/flax/optax/chex/numpy but no network): .gpu/whl/ holds the wheels
+# of tyro, gymnasium, mujoco, ogbench, dm_env, ml_collections, ... (pip download --no-deps ... for Python 3.12),
+# .gpu/site/dm_control/ the parts of dm_control that OGBench's manipulation envs import (its wheel is 56 MB),
+# .peer/ the authors' agents/ and utils/ (git archive HEAD agents utils of yonghdong/trqam).
+# Each step has its own time limit, so one that runs long cannot cost the others; steps.txt says how each ended.
+set -uo pipefail
+out=${1:?usage: gpu_session.sh OUT}
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+mkdir -p "$out"
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whl/*.whl >"$out/pip.log" 2>&1 \
+  || { echo "pip install of .gpu/whl failed" >&2; exit 1; }
+export PYTHONPATH=$PWD:/tmp/site:$PWD/.gpu/site MUJOCO_GL=egl XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
+export JAX_COMPILATION_CACHE_DIR=/tmp/jax-cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$out/device.txt" 2>&1
+nproc >>"$out/device.txt"
+step() {  # step NAME LIMIT_S CMD...: output in OUT/NAME.log, status and duration in OUT/steps.txt
+  local name=$1 limit=$2 t0=$SECONDS; shift 2
+  timeout "$limit" "$@" >"$out/$name.log" 2>&1
+  echo "$name rc=$? ${limit}s-limit took $((SECONDS - t0))s" | tee -a "$out/steps.txt"
+}
+
+# 1. one seed, ours and the authors' in the same call (paper and small size), then seeds per dispatch
+step speed 200 python3 benchmarks/bench_update.py --algos trqam qam --sizes paper small --num-seeds 1 --peer .peer \
+  --updates 20 --repeats 5 --peer-repeats 100 --json "$out/speed.json"
+step seeds 100 python3 benchmarks/bench_update.py --algos trqam --sizes small paper --num-seeds 4 8 --updates 20 --repeats 3 \
+  --json "$out/seeds.json"
+
+# 2. a small slice of the experiment: cube-double task 2, BC -> TRQAM / QAM / FQL, 4 seeds in one process each
+data=/tmp/data slice=/tmp/slice
+step datagen 90 python3 -m datagen --env-id cube-double-play --episodes 150 --seed 0 --workers "$(nproc)" --out "$data"
+common=(--env-id cube-double-play --task-id 2 --seed 0 --num-seeds 4 --dataset-path "$data/cube-double-play-v0.npz"
+        --actor-hidden-dims 256 256 256 --value-hidden-dims 256 256 256 --num-qs 4 --eval-episodes 25 --eval-workers 8
+        --log-interval 2000 --eval-interval 10000 --checkpoint-interval 100000)
+step bc 60 python3 baselines/bc.py "${common[@]}" --pretrain-steps 20000 --run-dir "$slice/bc/cube-double-play-task2"
+for algo in trqam qam fql; do
+  script=$algo.py; [ "$algo" = fql ] && script=baselines/fql.py
+  step "$algo" 100 python3 "$script" "${common[@]}" --offline-steps 30000 --exp-name "$algo" \
+    --pretrained-path "$slice/bc/cube-double-play-task2/seed{seed}/pretrained.msgpack" --run-dir "$slice/$algo/cube-double-play-task2"
+done
+tar -czf "$out/slice.tar.gz" --exclude=checkpoints -C /tmp slice 2>/dev/null
+
+# 3. evaluation speed with the node's cores: the sequential loop against the batched Evaluator
+step eval 90 python3 benchmarks/bench_eval.py --envs cube-double-play --workers 0 4 8 16 --json "$out/eval.json"
+exit 0
