@@ -25,26 +25,27 @@ step() {  # step NAME LIMIT_S CMD...: output in OUT/NAME.log, status and duratio
   echo "$name rc=$? ${limit}s-limit took $((SECONDS - t0))s" | tee -a "$out/steps.txt"
 }
 
-# 1. one seed, ours and the authors' in the same call (paper and small size), then seeds per dispatch
-step speed 200 python3 benchmarks/bench_update.py --algos trqam qam --sizes paper small --num-seeds 1 --peer .peer \
+# 1. one seed, ours and the authors' in the same call (paper and small size), then seeds per dispatch (small size)
+step speed 170 python3 benchmarks/bench_update.py --algos trqam qam --sizes paper small --num-seeds 1 --peer .peer \
   --updates 20 --repeats 5 --peer-repeats 100 --json "$out/speed.json"
-step seeds 100 python3 benchmarks/bench_update.py --algos trqam --sizes small paper --num-seeds 4 8 --updates 20 --repeats 3 \
+step seeds 60 python3 benchmarks/bench_update.py --algos trqam --sizes small --num-seeds 4 8 --updates 20 --repeats 3 \
   --json "$out/seeds.json"
 
-# 2. a small slice of the experiment: cube-double task 2, BC -> TRQAM / QAM / FQL, 4 seeds in one process each
+# 2. a small slice of the experiment: cube-double task 2, BC -> TRQAM / QAM / FQL (side by side on the GPU), 4 seeds each
 data=/tmp/data slice=/tmp/slice
-step datagen 90 python3 -m datagen --env-id cube-double-play --episodes 150 --seed 0 --workers "$(nproc)" --out "$data"
+step datagen 50 python3 -m datagen --env-id cube-double-play --episodes 150 --seed 0 --workers "$(nproc)" --out "$data"
 common=(--env-id cube-double-play --task-id 2 --seed 0 --num-seeds 4 --dataset-path "$data/cube-double-play-v0.npz"
-        --actor-hidden-dims 256 256 256 --value-hidden-dims 256 256 256 --num-qs 4 --eval-episodes 25 --eval-workers 8
+        --actor-hidden-dims 256 256 256 --value-hidden-dims 256 256 256 --num-qs 4 --eval-episodes 25 --eval-workers 4
         --log-interval 2000 --eval-interval 10000 --checkpoint-interval 100000)
 step bc 60 python3 baselines/bc.py "${common[@]}" --pretrain-steps 20000 --run-dir "$slice/bc/cube-double-play-task2"
 for algo in trqam qam fql; do
   script=$algo.py; [ "$algo" = fql ] && script=baselines/fql.py
-  step "$algo" 100 python3 "$script" "${common[@]}" --offline-steps 30000 --exp-name "$algo" \
-    --pretrained-path "$slice/bc/cube-double-play-task2/seed{seed}/pretrained.msgpack" --run-dir "$slice/$algo/cube-double-play-task2"
+  step "$algo" 150 python3 "$script" "${common[@]}" --offline-steps 20000 --exp-name "$algo" \
+    --pretrained-path "$slice/bc/cube-double-play-task2/seed{seed}/pretrained.msgpack" --run-dir "$slice/$algo/cube-double-play-task2" &
 done
+wait
 tar -czf "$out/slice.tar.gz" --exclude=checkpoints -C /tmp slice 2>/dev/null
 
 # 3. evaluation speed with the node's cores: the sequential loop against the batched Evaluator
-step eval 90 python3 benchmarks/bench_eval.py --envs cube-double-play --workers 0 4 8 16 --json "$out/eval.json"
+step eval 60 python3 benchmarks/bench_eval.py --envs cube-double-play --workers 0 4 8 16 --repeats 1 --json "$out/eval.json"
 exit 0
