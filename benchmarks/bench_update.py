@@ -223,7 +223,8 @@ def bench_peer(algo: str, size: str, opts: argparse.Namespace) -> dict[str, Any]
            "--num-qs", str(s["num_qs"]), "--batch-size", str(opts.batch_size), "--obs-dim", str(OBS_DIM), "--act-dim",
            str(ACT_DIM), "--horizon", str(HORIZON), "--flow-steps", str(opts.flow_steps),
            "--repeats", str(opts.peer_repeats or max(3, opts.repeats * opts.updates))]
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=peer, env={**os.environ, "PYTHONPATH": peer})
+    path = os.pathsep.join([peer, *[d for d in os.environ.get("PYTHONPATH", "").split(os.pathsep) if d and os.path.abspath(d) != ROOT]])
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=peer, env={**os.environ, "PYTHONPATH": path})  # theirs first
     if p.returncode != 0:
         sys.exit(f"{p.stderr[-3000:]}\nerror: the peer's {algo} update at size {size} failed (exit {p.returncode}); its stderr is above")
     return json.loads(p.stdout.strip().splitlines()[-1])
