@@ -162,7 +162,7 @@ def test_other_domains_equal_sequential_loop(env_name, horizon, action_dim):
 
 def test_video_with_workers_0_renders_in_a_process_of_its_own(tmp_path, monkeypatch):
     """This process says MUJOCO_GL=disable: a render process started with EGL replays episode 0 of seed 1 (seed 0's
-    video is not asked for; with workers, a worker replays it: test_worker_errors_videos_and_a_killed_worker)."""
+    video is not asked for)."""
     monkeypatch.setenv("MUJOCO_GL", "disable")
     path = str(tmp_path / "videos" / "step_7.mp4")
     with Evaluator(ENV, 2, 1, workers=0, max_episode_steps=30) as ev:
@@ -173,8 +173,9 @@ def test_video_with_workers_0_renders_in_a_process_of_its_own(tmp_path, monkeypa
 
 
 def test_worker_errors_videos_and_a_killed_worker(tmp_path):
-    """An error inside a worker is reported with its traceback and the evaluator stays usable; a worker renders a
-    video; a killed worker gives one clear error (no hang) and closes the evaluator."""
+    """Workers started from a process with MUJOCO_GL=disable (no GL libraries needed) evaluate; an error inside a worker
+    is reported with its traceback and the evaluator stays usable; the render process films an episode of theirs; a
+    killed worker gives one clear error (no hang) and closes the evaluator."""
     ev = Evaluator(ENV, 1, 2, workers=2, max_episode_steps=6)
     try:
         assert [r["length"] for r in ev.run(Recorder(), [[1, 0]])] == [6.0]  # first: an env whose first reset failed cannot step

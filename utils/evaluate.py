@@ -111,13 +111,13 @@ def _serve(conn, env_name: str, count: int, limit: dict) -> None:
 
 class _Worker:
     """A spawned process running ``_serve`` (fork is unsafe once JAX runs). It imports the main script again: JAX stays
-    on the CPU there, and MuJoCo renders with EGL unless this process names another backend than ``disable``."""
+    on the CPU there; MuJoCo's GL backend is this process's, or ``gl`` (the video render process: a machine without
+    EGL libraries can still evaluate with ``MUJOCO_GL=disable``, as long as it films nothing)."""
 
-    def __init__(self, name: str, *args):
+    def __init__(self, name: str, *args, gl: str | None = None):
         self.conn, child = mp.Pipe()
         self.proc = mp.get_context("spawn").Process(target=_serve, args=(child, *args), daemon=True)
-        gl = os.environ.get("MUJOCO_GL", "")
-        with mock.patch.dict(os.environ, MUJOCO_GL="egl" if gl in ("", "disable") else gl, JAX_PLATFORMS="cpu"):
+        with mock.patch.dict(os.environ, JAX_PLATFORMS="cpu", **({} if gl is None else {"MUJOCO_GL": gl})):
             self.proc.start()  # the worker starts with a copy of os.environ as it is here
         child.close()  # the worker holds the only other end: its death is an EOF here, never a hang
         self.name, self.send, self.recv = f"{name} (pid {self.proc.pid})", self.conn.send, self.conn.recv
@@ -209,12 +209,12 @@ class Evaluator(contextlib.AbstractContextManager):
                     obs[live[h]], ret[live[h]], length[live[h]], done[live[h]], success[live[h]] = o, r, ln, d, s
                 for k in filmed.keys() & wave:
                     filmed[k].append(chunks[k])  # the episode's actions are its chunks, the last one cut at its end
-        if filmed:
-            if self.workers == 0 and len(self._hosts) == 1:  # this process may have MUJOCO_GL=disable
-                self._hosts.append(_Worker("video render process", self.env_name, 1, self.limit))
-            hosts = list(range(self.workers)) or [1]
-            jobs = [("video", int(seeds[k]), np.concatenate(a)[: int(length[k])], videos[k // E], obs[k]) for k, a in filmed.items()]
-            for i in range(0, len(jobs), len(hosts)):
-                self._exchange(dict(zip(hosts, jobs[i:i + len(hosts)], strict=False)))
+        if filmed:  # replayed and rendered by one process with a GL backend (EGL unless this process names another)
+            if len(self._hosts) == max(self.workers, 1):
+                gl = os.environ.get("MUJOCO_GL", "")
+                self._hosts.append(_Worker("video render process", self.env_name, 1, self.limit, gl="egl" if gl in ("", "disable") else gl))
+            for k, a in filmed.items():
+                actions = np.concatenate(a)[: int(length[k])]
+                self._exchange({len(self._hosts) - 1: ("video", int(seeds[k]), actions, videos[k // E], obs[k])})
         return [{"success": float(s), "return": float(r), "length": float(ln), "policy_calls": float(calls)}
                 for s, r, ln in np.stack([success, ret, length]).reshape(3, N, E).mean(2).T]
