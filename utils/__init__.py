@@ -1,4 +1,1 @@
-"""Shared, non-algorithmic helpers: OGBench data, evaluation, checkpoints, logging.
-
-Nothing in here implements a learning method; each algorithm lives whole in its own file.
-"""
+"""What every algorithm shares and none defines: data, the phase runner, evaluation, checkpoints, logging."""

@@ -1,8 +1,5 @@
-"""The flags every algorithm shares, the per-domain defaults of the paper, and the command-line entry.
-
-An algorithm's ``Args`` subclasses ``RunArgs`` and adds its own knobs; ``fill_defaults`` applies the
-per-domain values (explicit flags win) and ``cli`` turns a ``UserError`` into one ``error:`` line.
-"""
+"""The flags every algorithm shares (an algorithm's ``Args`` subclasses ``RunArgs``), the paper's per-domain defaults
+(``fill_defaults``: explicit flags win) and the command-line entry (``cli``: a ``UserError`` is one ``error:`` line)."""
 
 from __future__ import annotations
 

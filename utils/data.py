@@ -1,11 +1,8 @@
-"""OGBench names and datasets: resolution, loading, the device dataset (one shard at a time), chunk sampling.
+"""OGBench names and datasets: resolution, loading, the device dataset (one shard at a time), chunk sampling (3).
 
-The device dataset uses OGBench's *regular* layout (one row per transition, the last row of each
-stored trajectory dropped): ``observations, actions, next_observations, rewards, masks, terminals``,
-``terminals[i] = 1`` on the last transition of a trajectory, ``rewards``/``masks`` from OGBench's
-single-task relabelling. A shard directory (10M/100M datasets) is never held whole: one shard is on
-the device and the next is loaded in a background thread (docs/DATA.md). Batches of action chunks
-(METHOD (3)) are sampled inside jit, so the data never leaves the device.
+The device dataset is OGBench's *regular* layout (one row per transition; ``terminals`` 1 on a trajectory's last
+transition; ``rewards``/``masks`` from the single-task relabelling); a shard directory is never held whole
+(docs/DATA.md). Chunk batches are sampled inside jit: the data never leaves the device.
 """
 
 from __future__ import annotations
@@ -47,10 +44,8 @@ def split_env_name(env_name: str) -> tuple[str, str, str]:
     """`cube-double-play-singletask-task2-v0` -> (gym env id, dataset name, domain)."""
     m = re.fullmatch(r"(.+)-([a-z]+)-singletask(-task\d)?-v0", env_name)
     if m is None or m.group(2) not in TYPES:
-        raise UserError(
-            f"unknown env '{env_name}': expected a short name like 'cube-double-play' (with --task-id) "
-            "or a full OGBench single-task name like 'cube-double-play-singletask-task2-v0'"
-        )
+        raise UserError(f"unknown env '{env_name}': expected a short name like 'cube-double-play' (with --task-id) "
+                        "or a full OGBench single-task name like 'cube-double-play-singletask-task2-v0'")
     domain, dtype, task = m.group(1), m.group(2), m.group(3) or ""
     return f"{domain}-singletask{task}-v0", f"{domain}-{dtype}-v0", domain
 
@@ -78,11 +73,6 @@ def default_data_dir() -> str:
     return os.path.expanduser(os.environ.get(DATA_DIR_ENV_VAR, "~/.ogbench/data"))
 
 
-def generate_command(env_name: str, out_dir: str, episodes: int = 1000) -> str:
-    short = split_env_name(env_name)[1][: -len("-v0")]
-    return f"python -m datagen --env-id {short} --episodes {episodes} --seed 0 --workers 8 --out {out_dir}"
-
-
 def resolve_dataset_path(env_name: str, dataset_path: str | None, generate_missing: int = 0) -> str:
     """`--dataset-path` (file or shard dir) if given, else the default data dir; generate on request."""
     _, dataset_name, domain = split_env_name(env_name)
@@ -104,11 +94,9 @@ def resolve_dataset_path(env_name: str, dataset_path: str | None, generate_missi
 
         # data seed fixed at 0 (not the training seed): runs with different seeds share one dataset
         return generate_dataset(dataset_name, episodes=generate_missing, seed=0, out_dir=out_dir, workers=os.cpu_count() or 1)
-    how = (
-        f"generate one with `{generate_command(env_name, out_dir)}` or pass --generate-missing N"
-        if domain in MANIP_DOMAINS
-        else "copy the official OGBench files there (locomotion data cannot be generated here)"
-    )
+    how = (f"generate one with `python -m datagen --env-id {dataset_name[:-3]} --episodes 1000 --seed 0 --workers 8 --out "
+           f"{out_dir}` or pass --generate-missing N" if domain in MANIP_DOMAINS
+           else "copy the official OGBench files there (locomotion data cannot be generated here)")
     raise UserError(f"no dataset for {env_name}: looked for {' and '.join(candidates)}; {how}")
 
 
@@ -143,10 +131,8 @@ def load_file(env, env_name: str, path: str, sparse: bool = False) -> dict[str, 
         raise
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     if data["observations"].shape[1] != obs_dim or data["actions"].shape[1] != act_dim:
-        raise UserError(
-            f"{path} has obs/action dims {data['observations'].shape[1]}/{data['actions'].shape[1]} "
-            f"but {env_name} expects {obs_dim}/{act_dim}: wrong file for this env"
-        )
+        raise UserError(f"{path} has obs/action dims {data['observations'].shape[1]}/{data['actions'].shape[1]} "
+                        f"but {env_name} expects {obs_dim}/{act_dim}: wrong file for this env")
     relabel_dataset(split_env_name(env_name)[0], env, data)
     if sparse:  # r <- -1 * (r != 0)
         data["rewards"] = -(data["rewards"] != 0).astype(np.float32)
@@ -175,7 +161,8 @@ class DeviceDataset:
         if len(self.files) == 1:  # a file is loaded now (errors surface at once), whole and unpadded
             first = self._load(0)
             self.capacity, counts = first[1], [first[1]]
-            self._shards[0] = _done(first)
+            self._shards[0] = Future()
+            self._shards[0].set_result(first)
         self.transitions = sum(counts)  # of the whole dataset, all shards
 
     def shard_at(self, step: int) -> int:
@@ -206,12 +193,6 @@ class DeviceDataset:
         if n < self.capacity:  # pad to the largest shard: one shape, one compilation
             data = {k: np.concatenate([v, np.zeros((self.capacity - n,) + v.shape[1:], v.dtype)]) for k, v in data.items()}
         return {k: jax.device_put(v) for k, v in data.items()}, n
-
-
-def _done(value) -> Future:
-    f: Future = Future()
-    f.set_result(value)
-    return f
 
 
 # --------------------------------------------------------------------------- sampling (3)

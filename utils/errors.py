@@ -1,9 +1,5 @@
-"""The one exception type for mistakes a user can make (bad flags, missing or corrupt files).
-
-Algorithm scripts catch it at top level and print a single ``error: ...`` line with a non-zero
-exit code instead of a stack trace.
-"""
+"""The one exception type for mistakes a user can make; ``utils.args.cli`` prints it as one ``error:`` line (exit 2)."""
 
 
 class UserError(Exception):
-    """A problem the user can fix; its message is one actionable line."""
+    """A problem the user can fix (bad flags, missing or corrupt files); its message is one actionable line."""

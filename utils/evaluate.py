@@ -1,11 +1,9 @@
 """Evaluation episodes of N seeds x E episodes of one OGBench single-task env, in batched waves of up to ``max_envs``.
 
-A wave (consecutive flat indices seed * E + episode) is stepped one chunk at a time: one policy call with all N*E
-observations (a fixed shape: a jitted policy never retraces; chunks of episodes outside the wave or ended are ignored),
-then each live episode runs its chunk open-loop, clipped to [-1, 1]; the chunk index restarts at 0 with every wave.
-``min(max_envs, N*E)`` envs are made once and reused: env j of a wave is env j // W of worker j % W (W ``workers``
-spawned processes, or this one), one message per worker per chunk step. An episode depends only on its reset seed
-and its actions, so the results are bit-identical for any ``workers`` and ``max_envs``.
+A wave is stepped one chunk at a time: one policy call with all N*E observations (a fixed shape: a jitted policy never
+retraces), then each live episode runs its chunk open-loop, clipped to [-1, 1]; the chunk index restarts with every
+wave. ``min(max_envs, N*E)`` envs are made once, spread over ``workers`` spawned processes (or this one), one message
+per worker per chunk step. An episode depends only on its reset seed and actions: results do not depend on either.
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
-"""Offline -> online pieces (docs/METHOD.md section 7): the online rows of the replay buffer, sampling from
-dataset + online rows, and the training env's resumable state.
+"""Offline -> online pieces (docs/METHOD.md section 7): the replay buffer's online rows, sampling, resumable envs.
 
-The replay buffer is the current dataset shard (rows [0, n)) followed by each seed's online rows
-(rows [n, n + t)), in the regular layout ``utils.data.chunk_at`` reads, so one chunk sampler serves
-both phases. Online rows follow the data's rules: ``terminals = terminated or truncated`` (an episode
-end, where chunks stop being valid) and ``masks = 1 - terminated`` (a time limit never cuts bootstrapping).
-
-An env is resumed by *replaying* the current episode: reset with the episode's seed, then step the
-episode's actions (the newest online rows). MuJoCo is deterministic, so this restores every piece of
-state bit-exactly (solver warm start, targets, success flags, the TimeLimit counter); the snapshot of
-the physical state saved beside it checks that, and is set directly if replay diverges.
+The buffer is the current dataset shard (rows [0, n)) then each seed's online rows (rows [n, n + t)), read by
+``utils.data.chunk_at`` as one table. Online rows follow the data's rules: ``terminals`` = episode end (chunks stop
+there), ``masks = 1 - terminated`` (a time limit never cuts bootstrapping). An env resumes by *replaying* its
+episode from the seeded reset (MuJoCo is deterministic: bit-exact), checked against a saved physical snapshot.
 """
 
 from __future__ import annotations

@@ -1,20 +1,12 @@
-"""The phase runner: everything of a training run that is not the method.
+"""The phase runner: everything of a training run that is not the method, for --num-seeds seeds at once.
 
-An algorithm hands it pure functions -- ``init``, ``update(state, batch) -> (state, metrics)`` and an
-actor ``act(state, obs, key) -> flat chunk`` for one observation -- and the runner does the rest for
-``--num-seeds`` seeds at once (every function vmapped over a leading seed axis):
-
-    run = Runner(args, "trqam")                      # env, data, run directories, logs, resume point
-    flow = run.bc_stage(bc_init, bc_update, flow_act) # BC pretraining (2), or a loaded flow
-    state = run.offline(init, flow, update, act)      # offline phase (BC flow evaluated at its step 0)
-    state = run.online(state, update, act)            # offline -> online phase (optional)
-    run.finish(state)                                 # summary.json per seed
-
-Global steps: pretraining [0, P), offline [P, P + O), then one per online env step. Updates run in
-jitted ``lax.scan`` blocks whose ends fall on every log / eval / checkpoint interval (relative to the
-phase start) and every shard switch, so a resumed run dispatches exactly the blocks an uninterrupted
-one would. Each seed writes its own run directory and checkpoints; rerunning the command resumes at
-the newest checkpoint every seed has.
+An algorithm hands it pure functions (``update(state, batch) -> (state, metrics)``, ``act(state, obs, key) -> chunk``
+for one observation; each applied along a leading seed axis):  ``run = Runner(args, name)``;  ``flow =
+run.bc_stage(bc_init, bc_update, flow_act)`` (BC (2) or a loaded flow);  ``state = run.offline(init, flow, update,
+act)``;  ``state = run.online(state, update, act)``;  ``run.finish(state)``. Global steps: pretraining [0, P), offline
+[P, P + O), then one per env step. Updates run in jitted ``lax.scan`` blocks ending on every log / eval / checkpoint
+interval of the phase and every shard switch, so a run resumed from its newest checkpoint (every seed's) dispatches
+exactly the blocks an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -28,13 +20,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from utils import checkpoint, online
 from utils.args import RunArgs, network_defaults
 from utils.data import DeviceDataset, full_env_name, make_env, resolve_dataset_path, sample_chunks
 from utils.errors import UserError
 from utils.evaluate import MAX_ENVS, Evaluator, default_workers
-from utils.runlog import Progress, RunLog
+from utils.runlog import RunLog
 
 Tree = Any
 ACT_KEY = 0x0417  # online acting keys: fold_in(fold_in(PRNGKey(seed), ACT_KEY), env step)
@@ -60,19 +53,25 @@ def over_seeds(f: Callable) -> Callable:
     return g
 
 
+def scan_updates(update: Callable, n: int, carry: tuple, sample: Callable, *per_seed: Any) -> tuple:
+    """``n`` updates of every seed (lax.scan over ``carry = (states, keys)``): seed i's batch is
+    ``sample(*per_seed[i], key)`` with a key split from its own, then ``update`` of every seed."""
+
+    def body(c, _):
+        states, keys = c
+        ks = jax.vmap(jax.random.split)(keys)
+        states, m = over_seeds(update)(states, jax.vmap(sample)(*per_seed, ks[:, 0]))
+        return (states, ks[:, 1]), m
+
+    return jax.lax.scan(body, carry, None, length=n)
+
+
 def make_block(update: Callable, n: int, batch_size: int, horizon: int, discount: float) -> Callable:
-    """``n`` updates of every seed in one jitted dispatch (lax.scan), chunk batches (3) sampled on the device:
+    """``n`` updates of every seed in one jitted dispatch, chunk batches (3) sampled on the device:
     ``block((states, keys), data, size) -> ((states, keys), metrics averaged over the n updates)``."""
 
     def block(carry, data, size):
-        def body(c, _):
-            states, keys = c
-            ks = jax.vmap(jax.random.split)(keys)
-            batch = jax.vmap(lambda k: sample_chunks(data, k, batch_size, horizon, discount, size))(ks[:, 0])
-            states, m = over_seeds(update)(states, batch)
-            return (states, ks[:, 1]), m
-
-        carry, ms = jax.lax.scan(body, carry, None, length=n)
+        carry, ms = scan_updates(update, n, carry, lambda k: sample_chunks(data, k, batch_size, horizon, discount, size))
         return carry, jax.tree.map(lambda x: x.mean(0), ms)
 
     return jax.jit(block, donate_argnums=0)
@@ -104,7 +103,7 @@ class Runner:
         self.logs = [RunLog(d, dataclasses.replace(a, seed=s), start if self.resume else None)  # args.json: its own seed
                      for d, s in zip(self.run_dirs, self.seeds, strict=True)]
         self.last_eval = [log.last_eval() for log in self.logs]
-        self.progress = Progress(self.total, start)
+        self.bar = tqdm(total=self.total, initial=start, dynamic_ncols=True, mininterval=1.0, unit="step")  # steps/s: updates or env steps
         self.evaluator: Evaluator | None = None
         self.flow_act: Callable | None = None
         self.flow: Tree = None
@@ -120,12 +119,9 @@ class Runner:
 
     def _latest_checkpoints(self) -> tuple[list[str] | None, dict]:
         """The newest step at which every seed has a checkpoint: (their paths, seed 0's meta)."""
-        steps = [set(checkpoint.steps(self._ckpt_dir(i))) for i in range(len(self.seeds))]
-        common = set.intersection(*steps)
-        if not common:
-            return None, {}
-        paths = [checkpoint.step_path(self._ckpt_dir(i), max(common)) for i in range(len(self.seeds))]
-        return paths, checkpoint.read_meta(paths[0])
+        common = set.intersection(*(set(checkpoint.steps(self._ckpt_dir(i))) for i in range(len(self.seeds))))
+        paths = [checkpoint.step_path(self._ckpt_dir(i), max(common)) for i in range(len(self.seeds))] if common else None
+        return paths, checkpoint.read_meta(paths[0]) if paths else {}
 
     def _save(self, step: int, phase: str, trees: list[Tree], metas: list[dict] | None = None) -> None:
         for i, tree in enumerate(trees):
@@ -227,7 +223,9 @@ class Runner:
             nxt = min(end, self.data.next_switch(step), *(phase_start + (rel // iv + 1) * iv for iv in
                                                            (a.log_interval, a.eval_interval, a.checkpoint_interval)))
             data, size = self.data.at(step)
-            (state, self.keys), m = self._block(update, int(nxt - step))((state, self.keys), data, size)
+            if (update, nxt - step) not in self._jitted:
+                self._jitted[update, nxt - step] = make_block(update, int(nxt - step), a.batch_size, a.horizon, a.discount)
+            (state, self.keys), m = self._jitted[update, nxt - step]((state, self.keys), data, size)
             m = jax.device_get(m)
             self._check_finite(m, phase, nxt)
             self._acc = {k: self._acc.get(k, 0.0) + np.asarray(v, np.float64) * (nxt - step) for k, v in m.items()}
@@ -237,11 +235,6 @@ class Runner:
                 self._acc, self._acc_n = {}, 0
             boundary(state, step)
         return state
-
-    def _block(self, update: Callable, n: int) -> Callable:
-        if (update, n) not in self._jitted:
-            self._jitted[update, n] = make_block(update, n, self.args.batch_size, self.args.horizon, self.args.discount)
-        return self._jitted[update, n]
 
     def _check_finite(self, metrics: dict, phase: str, step: int) -> None:
         bad = [k for k, v in metrics.items() if not np.all(np.isfinite(v))]
@@ -256,7 +249,8 @@ class Runner:
                 for i in range(len(self.seeds))]
         for log, row in zip(self.logs, rows, strict=True):
             log.log("train", step, phase, row)
-        self.progress.advance(step, phase, rows[0])
+        self.bar.set_postfix({k: f"{rows[0][k]:.3g}" for k in ("lam", "kl") if k in rows[0]}, refresh=False)
+        self.bar.update(step - self.bar.n)
 
     # ------------------------------------------------------------------------ evaluation
     def evaluate(self, act: Callable, tree: Tree, step: int, phase: str, phase_step: int) -> None:
@@ -286,10 +280,9 @@ class Runner:
     # ------------------------------------------------------------------------ online phase
     def online(self, state: Tree, update: Callable, act: Callable, start: Callable | None = None,
                log_state: Callable | None = None) -> Tree:
-        """Offline -> online (METHOD 7) for every seed: act by ``act`` once per chunk and run it open-loop in the
-        seed's training env, store each env step in its online rows, and from --start-training env steps on run
-        --utd-ratio updates per env step, in one dispatch per env step for all seeds. ``start(state)`` is
-        applied when the phase begins (e.g. the online KL budget). Global step = end of offline + env steps."""
+        """Offline -> online (METHOD 7): every seed acts by ``act`` once per chunk, runs it open-loop in its training env
+        and stores each env step in its online rows; from --start-training on, --utd-ratio updates per env step (one
+        dispatch per env step for all seeds). ``start(state)`` begins the phase (e.g. the online KL budget)."""
         a, N, H, A, T = self.args, len(self.seeds), self.args.horizon, self.act_dim, self.args.online_steps
         if T == 0:
             return state
@@ -299,45 +292,36 @@ class Runner:
         steps = {n: self._online_step(update, n) for n in {0, a.utd_ratio}}
         acting = self._jitted.setdefault((act, "online"), jax.jit(jax.vmap(act)))
         act_keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(s), ACT_KEY) for s in self.seeds])
-        batch = jax.eval_shape(lambda d, k: sample_chunks(d, k, a.batch_size, a.horizon, a.discount),
-                               self.data.at(self.off_end)[0], self.keys[0])
-        names = jax.eval_shape(lambda s, b: update(s, b)[1], unstack(state, 1)[0], batch)
-        acc = {"updates": jnp.zeros(N), **{k: jnp.zeros(N) for k in names}}
-        t, ep = 0, [{"episode": 0, "episode_return": 0.0, "episode_length": 0} for _ in self.seeds]
-        queues: list[list] = [[] for _ in self.seeds]
+        batch = jax.eval_shape(lambda k: sample_chunks(self.data.at(self.off_end)[0], k, a.batch_size, a.horizon, a.discount), self.keys[0])
+        acc = {k: jnp.zeros(N) for k in ["updates", *jax.eval_shape(lambda s, b: update(s, b)[1], unstack(state, 1)[0], batch)]}
+        t, ep, queues, exact = 0, [[0, 0.0, 0] for _ in self.seeds], [[] for _ in self.seeds], [True] * N  # ep: episode, return, length
         obs = [env.reset(seed=online.episode_seed(s, 0))[0] for env, s in zip(envs, self.seeds, strict=True)]
-        exact = [True] * N
 
-        def tree(i: int, rows_i: dict, state_i: Tree) -> dict:  # what a checkpoint holds for seed i
-            q = np.zeros((H, A), np.float32)
-            q[: len(queues[i])] = np.reshape(queues[i], (-1, A))
+        def tree(i: int, rows_i: dict, state_i: Tree) -> dict:  # what a checkpoint holds for seed i (the queue zero-padded)
+            q = np.concatenate([np.reshape(queues[i], (-1, A)), np.zeros((H - len(queues[i]), A))]).astype(np.float32)
             return {"state": state_i, "key": self.keys[i], "rows": rows_i, "acc": jax.tree.map(lambda x: x[i], acc),
                     "queue": q, "env": online.env_snapshot(envs[i])}
 
-        if self._phase() == "online":  # buffer rows, env by replaying the current episode, action queue, counters
+        if self._phase() == "online":  # the rows, the env (replaying its current episode), the action queue, the counters
             t = int(self.resume_meta["env_step"])
             if t > T:
                 raise UserError(f"{self.resume[0]} is at online env step {t}, past --online-steps {T}: use another --run-dir")
-            empty = {k: np.zeros((t,) + v.shape[2:], np.float32) for k, v in rows.items()}
-            states = unstack(state, N)
+            states, empty = unstack(state, N), {k: np.zeros((t,) + v.shape[2:], np.float32) for k, v in rows.items()}
             restored = self._restore(lambda i: tree(i, empty, states[i]))
-            both = stack([{k: ck[k] for k in ("state", "key", "acc")} for ck, _ in restored])
-            state, self.keys, acc = both["state"], both["key"], both["acc"]
+            state, self.keys, acc = (stack([ck[k] for ck, _ in restored]) for k in ("state", "key", "acc"))
             rows = {k: rows[k].at[:, :t].set(np.stack([ck["rows"][k] for ck, _ in restored])) for k in rows}
             for i, (ck, m) in enumerate(restored):
-                ep[i] = {k: m[k] for k in ep[i]}
-                queues[i] = list(np.asarray(ck["queue"])[: int(m["queue_len"])])
-                seed = online.episode_seed(self.seeds[i], int(m["episode"]))
-                obs[i], exact[i] = online.restore_env(envs[i], seed, ck["rows"]["actions"][t - int(m["episode_length"]): t], ck["env"])
+                ep[i], queues[i] = [m["episode"], m["episode_return"], m["episode_length"]], list(ck["queue"][: m["queue_len"]])
+                obs[i], exact[i] = online.restore_env(envs[i], online.episode_seed(self.seeds[i], m["episode"]),
+                                                      ck["rows"]["actions"][t - m["episode_length"]: t], ck["env"])
         else:
             self.keys = self._phase_keys(2)
-            if start is not None:
-                state = jax.vmap(start)(state)
+            state = state if start is None else jax.vmap(start)(state)
         state = jax.tree.map(jnp.copy, state)  # own buffers: the online step donates them
 
         t_begin, wall_begin = t, time.time()
         while t < T:
-            if any(not q for q in queues):  # one policy call per chunk (for every seed at once), run open-loop
+            if not all(queues):  # one policy call per chunk (for every seed at once), run open-loop
                 if a.balanced_sampling and t < a.start_training:  # as the authors: uniform random actions, one at a time
                     chunks = [np.random.default_rng([s, t]).uniform(-1, 1, (1, A)).astype(np.float32) for s in self.seeds]
                 else:
@@ -350,42 +334,36 @@ class Runner:
                 next_obs, reward, terminated, truncated, info = env.step(action)
                 r = -float(reward != 0) if a.sparse else float(reward)  # the dataset's reward mapping
                 new.append(online.transition(obs[i], action, next_obs, r, terminated, truncated))
-                obs[i] = next_obs
-                ep[i]["episode_return"] += float(reward)
-                ep[i]["episode_length"] += 1
+                obs[i], ep[i][1], ep[i][2] = next_obs, ep[i][1] + float(reward), ep[i][2] + 1
                 if terminated or truncated:
                     ended.append((i, float(info.get("success", 0.0))))
             data, size = self.data.at(self.off_end + t)
             n_upd = a.utd_ratio if t + 1 >= a.start_training else 0
             (state, self.keys), rows, acc = steps[n_upd]((state, self.keys), rows, np.int32(t), stack(new), acc, data, np.int32(size))
-            t += 1
+            t, step = t + 1, self.off_end + t + 1
             for i, success in ended:  # the pending chunk is dropped at an episode's end
-                e = ep[i]
-                self.logs[i].log("online_episodes", self.off_end + t, "online", {"phase_step": t, "episode": e["episode"],
-                                 "return": e["episode_return"], "success": success, "length": e["episode_length"]})
-                ep[i] = {"episode": e["episode"] + 1, "episode_return": 0.0, "episode_length": 0}
-                queues[i] = []
-                obs[i] = envs[i].reset(seed=online.episode_seed(self.seeds[i], ep[i]["episode"]))[0]
-
-            step = self.off_end + t
+                self.logs[i].log("online_episodes", step, "online", {"phase_step": t, "episode": ep[i][0], "return": ep[i][1],
+                                                                    "success": success, "length": ep[i][2]})
+                ep[i], queues[i] = [ep[i][0] + 1, 0.0, 0], []
+                obs[i] = envs[i].reset(seed=online.episode_seed(self.seeds[i], ep[i][0]))[0]
             if t % a.log_interval == 0 or t == T:
                 sums = jax.device_get(acc)
                 n = sums.pop("updates")
                 metrics = {k: np.where(n > 0, v / np.maximum(n, 1), np.nan) for k, v in sums.items()}
                 self._check_finite({k: v for k, v in metrics.items() if np.all(n > 0)}, "online", step)
-                counts = [{"updates": int(n[i]), "buffer_size": size + t, "episodes": ep[i]["episode"]} for i in range(N)]
+                counts = [{"updates": int(n[i]), "buffer_size": size + t, "episodes": ep[i][0]} for i in range(N)]
                 self._log_train(step, "online", t, metrics, state, log_state, counts)
                 acc = jax.tree.map(jnp.zeros_like, acc)
             if a.eval_episodes > 0 and (t % a.eval_interval == 0 or t == T):
                 self.evaluate(act, state, step, "online", t)
             if t % a.checkpoint_interval == 0 or t == T:
-                host_rows = jax.device_get({k: v[:, :t] for k, v in rows.items()})
-                self._save(step, "online", [tree(i, {k: v[i] for k, v in host_rows.items()}, s) for i, s in enumerate(unstack(state, N))],
-                           [{"env_step": t, **ep[i], "queue_len": len(queues[i])} for i in range(N)])
-
+                host = jax.device_get({k: v[:, :t] for k, v in rows.items()})
+                self._save(step, "online", [tree(i, {k: v[i] for k, v in host.items()}, s) for i, s in enumerate(unstack(state, N))],
+                           [{"env_step": t, "episode": e, "episode_return": r, "episode_length": ln, "queue_len": len(q)}
+                            for (e, r, ln), q in zip(ep, queues, strict=True)])
         rate = (t - t_begin) / max(time.time() - wall_begin, 1e-9)
-        self.online_info = [{"online_episodes": ep[i]["episode"], "online_env_steps_per_s": rate, "env_restored_exactly": exact[i]}
-                            for i in range(N)]
+        self.online_info = [{"online_episodes": e[0], "online_env_steps_per_s": rate, "env_restored_exactly": x}
+                            for e, x in zip(ep, exact, strict=True)]
         return state
 
     def _online_step(self, update: Callable, n_updates: int) -> Callable:
@@ -397,16 +375,8 @@ class Runner:
             rows = {k: rows[k].at[:, t].set(new[k]) for k in rows}
             if n_updates == 0:
                 return carry, rows, acc
-
-            def body(c, _):
-                states, keys = c
-                ks = jax.vmap(jax.random.split)(keys)
-                batch = jax.vmap(lambda r, k: online.sample(data, size, r, t + 1, k, a.batch_size, a.horizon, a.discount,
-                                                            a.balanced_sampling))(rows, ks[:, 0])
-                states, m = over_seeds(update)(states, batch)
-                return (states, ks[:, 1]), m
-
-            carry, ms = jax.lax.scan(body, carry, None, length=n_updates)
+            sample = lambda r, k: online.sample(data, size, r, t + 1, k, a.batch_size, a.horizon, a.discount, a.balanced_sampling)  # noqa: E731
+            carry, ms = scan_updates(update, n_updates, carry, sample, rows)
             acc = {k: acc[k] + (n_updates if k == "updates" else ms[k].sum(0)) for k in acc}
             return carry, rows, acc
 
@@ -418,7 +388,7 @@ class Runner:
         a = self.args
         if self.evaluator is not None:
             self.evaluator.close()
-        self.progress.close()
+        self.bar.close()
         values = jax.device_get(jax.vmap(extra)(state)) if extra else {}
         out = []
         for i, (log, s) in enumerate(zip(self.logs, self.seeds, strict=True)):
