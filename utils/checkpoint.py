@@ -21,13 +21,23 @@ def save(path: str, tree: Any, meta: dict | None = None) -> None:
     atomic_write(path, serialization.msgpack_serialize({"tree": state, "meta": meta or {}}))
 
 
-def load(path: str, template: Any) -> tuple[Any, dict]:
-    """Restore into the structure of ``template``; one clear error for a corrupt or mismatched file."""
+def _read(path: str) -> dict:
     try:
         with open(path, "rb") as f:
             raw = serialization.msgpack_restore(f.read())
+        if not isinstance(raw, dict) or "tree" not in raw:
+            raise ValueError("not a checkpoint of this project")
+        return raw
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
+
+
+def load(path: str, template: Any) -> tuple[Any, dict]:
+    """Restore into the structure of ``template``; one clear error for a corrupt or mismatched file."""
+    raw = _read(path)
+    try:
         tree = serialization.from_state_dict(jax.device_get(template), raw["tree"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"cannot load checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
     for a, b in zip(jax.tree.leaves(template), jax.tree.leaves(tree), strict=True):
         if np.shape(a) != np.shape(b):
@@ -46,8 +56,4 @@ def steps(ckpt_dir: str) -> list[int]:
 
 def read_meta(path: str) -> dict:
     """The ``meta`` dict of a checkpoint without restoring its arrays' structure."""
-    try:
-        with open(path, "rb") as f:
-            return serialization.msgpack_restore(f.read()).get("meta", {})
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}") from e
+    return _read(path).get("meta", {})

@@ -196,10 +196,7 @@ class DeviceDataset:
 
 
 # --------------------------------------------------------------------------- sampling (3)
-Rows = Callable[[str, jax.Array], jax.Array]  # rows(key, indices) -> data[key][indices]
-
-
-def chunk_at(rows: Rows, idx: jax.Array, horizon: int, discount: float) -> dict[str, jax.Array]:
+def chunk_at(rows: Callable[[str, jax.Array], jax.Array], idx: jax.Array, horizon: int, discount: float) -> dict[str, jax.Array]:
     """The action-chunk batch of METHOD (3) for chunks starting at rows ``idx``.
 
     Returns observations (B, obs), actions (B, H*A), next_observations s'_H (B, obs),

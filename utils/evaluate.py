@@ -198,10 +198,9 @@ class Evaluator(contextlib.AbstractContextManager):
             chunk = 0
             while not done[wave].all():
                 chunks = np.asarray(policy(obs.reshape(N, E, -1), chunk))
-                chunk, calls = chunk + 1, calls + 1
-                if chunks.ndim != 4 or chunks.shape[:2] != (N, E) or chunks.shape[2] < 1:
-                    raise ValueError(f"the policy must return (N, E, H, A) = ({N}, {E}, H >= 1, A) chunks, got {chunks.shape}")
-                chunks = chunks.reshape(n, *chunks.shape[2:])
+                if chunks.ndim != 4 or chunks.shape[:2] != (N, E):
+                    raise ValueError(f"the policy must return (N, E, H, A) = ({N}, {E}, H, A) chunks, got shape {chunks.shape}")
+                chunk, calls, chunks = chunk + 1, calls + 1, chunks.reshape(n, *chunks.shape[2:])
                 live = {h: p[done[p] == 0] for h, p in parts.items() if not done[p].all()}
                 for h, (o, r, ln, d, s) in self._exchange({h: ("step", (k - start) // W, chunks[k]) for h, k in live.items()}).items():
                     obs[live[h]], ret[live[h]], length[live[h]], done[live[h]], success[live[h]] = o, r, ln, d, s

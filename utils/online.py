@@ -26,14 +26,8 @@ def empty_rows(num_seeds: int, capacity: int, obs_dim: int, act_dim: int) -> dic
 
 def transition(obs, action, next_obs, reward: float, terminated: bool, truncated: bool) -> dict[str, np.ndarray]:
     """One buffer row: terminals = episode end (either kind), masks = 1 - terminated."""
-    return {
-        "observations": np.asarray(obs, np.float32),
-        "actions": np.asarray(action, np.float32),
-        "next_observations": np.asarray(next_obs, np.float32),
-        "rewards": np.float32(reward),
-        "masks": np.float32(1.0 - float(terminated)),
-        "terminals": np.float32(float(terminated or truncated)),
-    }
+    values = (obs, action, next_obs, reward, 1.0 - float(terminated), float(terminated or truncated))
+    return {k: np.asarray(v, np.float32) for k, v in zip(KEYS, values, strict=True)}
 
 
 def buffer_rows(data: dict, n: jax.Array, rows: dict) -> Callable[[str, jax.Array], jax.Array]:
@@ -50,7 +44,6 @@ def sample(data: dict, n: jax.Array, rows: dict, filled: jax.Array, key: jax.Arr
            discount: float, balanced: bool) -> dict[str, jax.Array]:
     """A chunk batch (METHOD 3) from dataset rows [0, n) then online rows [n, n + filled) of one seed: uniform,
     or ``balanced`` = the first half from the dataset and the rest from the online rows (needs filled >= H)."""
-
     if not balanced:
         idx = jax.random.randint(key, (batch_size,), 0, n + filled - horizon + 1)
     else:
@@ -66,19 +59,10 @@ def episode_seed(seed: int, episode: int) -> int:
     return int(np.random.SeedSequence([seed, episode]).generate_state(1)[0])
 
 
-def _time_limit(env: gymnasium.Env) -> gymnasium.wrappers.TimeLimit | None:
-    while env is not None:
-        if isinstance(env, gymnasium.wrappers.TimeLimit):
-            return env
-        env = getattr(env, "env", None)
-    return None
-
-
 def env_snapshot(env: gymnasium.Env) -> dict[str, np.ndarray]:
     """The env's physical state: MuJoCo qpos/qvel, button states (puzzle, scene), TimeLimit elapsed steps."""
-    u, tl = env.unwrapped, _time_limit(env)
-    data = getattr(u, "_data", None)
-    snap = {"elapsed": np.int64(tl._elapsed_steps if tl is not None and tl._elapsed_steps is not None else 0)}
+    u, data = env.unwrapped, getattr(env.unwrapped, "_data", None)
+    snap = {"elapsed": np.int64(env.get_wrapper_attr("_elapsed_steps") or 0)}  # the TimeLimit's counter
     if data is not None:
         snap.update(qpos=np.asarray(data.qpos, np.float64).copy(), qvel=np.asarray(data.qvel, np.float64).copy())
     if hasattr(u, "_cur_button_states"):
@@ -87,23 +71,15 @@ def env_snapshot(env: gymnasium.Env) -> dict[str, np.ndarray]:
 
 
 def restore_env(env: gymnasium.Env, seed: int, actions: np.ndarray, snapshot: dict[str, np.ndarray]) -> tuple[np.ndarray, bool]:
-    """Reset with the episode's ``seed`` and replay its ``actions``; returns (observation, exact).
-
-    ``exact`` is False when the replayed state differs from ``snapshot``; the state is then set from
-    the snapshot directly (qpos/qvel, button states, the TimeLimit counter), which is close but not
-    bit-exact (solver warm start and task flags are not part of it).
-    """
+    """Reset with the episode's ``seed``, replay its ``actions``; (observation, exact). Where the replay differs from
+    ``snapshot`` (``exact`` False) the state is set from it: close, not bit-exact (no solver warm start, task flags)."""
     obs, _ = env.reset(seed=seed)
     for a in actions:
         obs = env.step(a)[0]
     now = env_snapshot(env)
     if all(np.array_equal(now[k], snapshot[k]) for k in snapshot):
         return obs, True
-    u, tl = env.unwrapped, _time_limit(env)
-    if "button_states" in snapshot:
-        u.set_state(snapshot["qpos"], snapshot["qvel"], snapshot["button_states"])
-    elif "qpos" in snapshot:
-        u.set_state(snapshot["qpos"], snapshot["qvel"])
-    if tl is not None:
-        tl._elapsed_steps = int(snapshot["elapsed"])
-    return u.compute_observation(), False
+    if "qpos" in snapshot:
+        env.unwrapped.set_state(snapshot["qpos"], snapshot["qvel"], *([snapshot["button_states"]] if "button_states" in snapshot else []))
+    env.set_wrapper_attr("_elapsed_steps", int(snapshot["elapsed"]))
+    return env.unwrapped.compute_observation(), False

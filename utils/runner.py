@@ -153,9 +153,7 @@ class Runner:
             paths = [a.pretrained_path.format(seed=s) for s in self.seeds]
             self.flow = stack([self._load_flow(p, one) for p in paths])
         elif self.P > 0 and self._phase() in (None, "pretrain"):
-            if self._phase() == "pretrain":
-                restored = stack([t for t, _ in self._restore(lambda i: self._trees(states)[i])])
-                states, self.keys = restored["state"], restored["key"]
+            states = self._resume_state(states) if self._phase() == "pretrain" else states
 
             def boundary(s: Tree, step: int) -> None:
                 if step % a.checkpoint_interval == 0 or step == self.P:
@@ -186,8 +184,7 @@ class Runner:
         state = jax.vmap(init)(self.init_keys, flow)
         start = self.P
         if self._phase() == "offline":
-            restored = stack([t for t, _ in self._restore(lambda i: self._trees(state)[i])])
-            state, self.keys, start = restored["state"], restored["key"], int(self.resume_meta["step"])
+            state, start = self._resume_state(state), int(self.resume_meta["step"])
         elif self._phase() == "online":
             return state  # a template: online() restores the state with the buffer and the envs
         else:
@@ -208,6 +205,11 @@ class Runner:
 
     def _trees(self, state: Tree) -> list[Tree]:
         return [{"state": s, "key": k} for s, k in zip(unstack(state, len(self.seeds)), self.keys, strict=True)]
+
+    def _resume_state(self, state: Tree) -> Tree:
+        restored = stack([t for t, _ in self._restore(lambda i: self._trees(state)[i])])
+        self.keys = restored["key"]
+        return restored["state"]
 
     def _updates(self, phase: str, state: Tree, update: Callable, start: int, end: int, phase_start: int,
                  boundary: Callable[[Tree, int], None], log_state: Callable | None = None) -> Tree:
