@@ -82,7 +82,7 @@ def make_policy(env_name: str, num_seeds: int, flow_steps: int, horizon: int):
 
 def sequential(env_name: str, act_one, params, seeds, max_steps) -> tuple[float, float, list[dict]]:
     """The old utils/evaluate.py: one env, episodes in turn, a policy call per chunk. (seconds, policy seconds, results)"""
-    env = make_env(env_name, **({} if max_steps is None else {"max_episode_steps": max_steps}))
+    env = make_env(env_name, max_episode_steps=max_steps)
     out, t_policy = [], 0.0
     t0 = time.perf_counter()
     for i, row in enumerate(seeds):

@@ -37,14 +37,12 @@ class RunArgs:
 
     # the two-stage pipeline and its phases (docs/METHOD.md section 7)
     pretrain_steps: int = 300_000  # BC pretraining steps of the flow (2) run first; ignored with --pretrained-path
-    pretrained_path: Optional[str] = None
-    """a flow checkpoint (pretrained.msgpack) of any algorithm's BC stage; '{seed}' is formatted per seed"""
+    pretrained_path: Optional[str] = None  # a flow checkpoint (pretrained.msgpack) of any BC stage; '{seed}' formatted per seed
     offline_steps: int = 1_000_000
     online_steps: int = 0  # environment steps of online fine-tuning after the offline phase (paper: 500K)
     utd_ratio: int = 1  # online updates per environment step
     start_training: int = 5_000  # environment steps collected before online updates begin
-    balanced_sampling: bool = False
-    """half of each online batch from the dataset, half from the online rows; random actions before --start-training"""
+    balanced_sampling: bool = False  # half of each online batch from the data, half online; random actions before --start-training
     online_max_episode_steps: Optional[int] = None  # time limit of the online training env's episodes (default: the env's own)
 
     # networks and optimisation shared by every method (docs/METHOD.md section 2)
@@ -105,24 +103,21 @@ def check(args: RunArgs, method_checks: Iterable[tuple[bool, str]] = ()) -> None
     """Reject invalid settings with one line (the pipeline's own checks, then the method's)."""
     a = args
     checks = [
-        (a.num_seeds >= 1, f"--num-seeds must be at least 1, got {a.num_seeds}"),
-        (a.horizon >= 1 and a.batch_size >= 1 and a.num_qs >= 2, "need --horizon >= 1, --batch-size >= 1, --num-qs >= 2"),
-        (a.flow_steps >= 2, "--flow-steps must be at least 2"),
+        (min(a.num_seeds, a.horizon, a.batch_size) >= 1 and min(a.num_qs, a.flow_steps) >= 2,
+         "need --num-seeds, --horizon, --batch-size >= 1 and --num-qs, --flow-steps >= 2"),
         (0 < a.discount <= 1 and 0 < a.tau <= 1, "need 0 < --discount <= 1 and 0 < --tau <= 1"),
         (a.rho >= 0 and a.learning_rate > 0, "need --rho >= 0 and --learning-rate > 0"),
         (min(a.log_interval, a.eval_interval, a.checkpoint_interval, a.shard_interval) > 0, "intervals must be positive"),
         (min(a.offline_steps, a.pretrain_steps, a.online_steps, a.start_training, a.eval_episodes) >= 0,
          "step and episode counts must be non-negative"),
-        (a.eval_workers is None or a.eval_workers >= 0, "--eval-workers must be non-negative"),
-        (a.utd_ratio >= 1, f"--utd-ratio must be at least 1, got {a.utd_ratio}"),
+        (a.utd_ratio >= 1 and (a.eval_workers or 0) >= 0, "need --utd-ratio >= 1 and --eval-workers >= 0"),
         (not a.balanced_sampling or a.start_training >= a.horizon,
          f"--balanced-sampling needs --start-training >= the chunk length {a.horizon} (online rows to sample from)"),
         (a.online_max_episode_steps is None or a.online_max_episode_steps >= 1, "--online-max-episode-steps must be positive"),
         *method_checks,
     ]
-    for ok, msg in checks:
-        if not ok:
-            raise UserError(msg)
+    if bad := [msg for ok, msg in checks if not ok]:
+        raise UserError(bad[0])
 
 
 def cli(main: Callable[[A], Any], args_type: type[A]) -> None:

@@ -32,9 +32,9 @@ ACTION_CLIP = 1.0 - 1e-5  # dataset actions are clipped to +-(1 - 1e-5) on load,
 # ----------------------------------------------------------------------------------- names
 def full_env_name(env_id: str, task_id: int = 1) -> str:
     """`cube-double-play` + task 2 -> `cube-double-play-singletask-task2-v0`; full names pass through."""
+    base = env_id.removesuffix("-v0")
     if "singletask" in env_id:
-        return env_id if env_id.endswith("-v0") else env_id + "-v0"
-    base = env_id[:-3] if env_id.endswith("-v0") else env_id
+        return base + "-v0"
     if not 1 <= task_id <= 5:
         raise UserError(f"--task-id must be in 1..5, got {task_id}")
     return f"{base}-singletask-task{task_id}-v0"
@@ -60,11 +60,11 @@ def check_env(env_name: str) -> str:
     return gym_id
 
 
-def make_env(env_name: str, **kwargs) -> gymnasium.Env:
-    """The single-task gymnasium env of an OGBench env name."""
+def make_env(env_name: str, max_episode_steps: int | None = None) -> gymnasium.Env:
+    """The single-task gymnasium env of an OGBench env name (time limit: the env's own, or ``max_episode_steps``)."""
     with warnings.catch_warnings():  # gymnasium's notice that the env's float64 bounds are cast to float32
         warnings.filterwarnings("ignore", message=".*precision lowered.*")
-        return gymnasium.make(check_env(env_name), **kwargs)
+        return gymnasium.make(check_env(env_name), max_episode_steps=max_episode_steps)
 
 
 # ------------------------------------------------------------------------- dataset files
@@ -77,16 +77,14 @@ def resolve_dataset_path(env_name: str, dataset_path: str | None, generate_missi
     """`--dataset-path` (file or shard dir) if given, else the default data dir; generate on request."""
     _, dataset_name, domain = split_env_name(env_name)
     if dataset_path is not None:
-        path = os.path.expanduser(dataset_path)
-        if os.path.exists(path):
-            return path
-        candidates, out_dir = [path], os.path.dirname(path) or "."
+        candidates = [os.path.expanduser(dataset_path)]
+        out_dir = os.path.dirname(candidates[0]) or "."
     else:
         out_dir = default_data_dir()
         candidates = [os.path.join(out_dir, f"{dataset_name}.npz"), os.path.join(out_dir, dataset_name)]
-        for c in candidates:
-            if os.path.exists(c):
-                return c
+    for c in candidates:
+        if os.path.exists(c):
+            return c
     if generate_missing > 0:
         if domain not in MANIP_DOMAINS:
             raise UserError(f"cannot generate data for '{domain}': only manipulation domains have scripted oracles")
@@ -102,9 +100,7 @@ def resolve_dataset_path(env_name: str, dataset_path: str | None, generate_missi
 
 def shard_files(path: str) -> list[str]:
     """[path] for a file; the sorted training shards (not ``-val``) of a shard directory."""
-    if not os.path.isdir(path):
-        return [path]
-    files = sorted(f for f in glob.glob(os.path.join(path, "*.npz")) if not f.endswith("-val.npz"))
+    files = sorted(f for f in glob.glob(os.path.join(path, "*.npz")) if not f.endswith("-val.npz")) if os.path.isdir(path) else [path]
     if not files:
         raise UserError(f"dataset directory {path} holds no .npz shards")
     return files
@@ -141,13 +137,10 @@ def load_file(env, env_name: str, path: str, sparse: bool = False) -> dict[str, 
 
 
 class DeviceDataset:
-    """The training data on the device: a file whole, or a shard directory one shard at a time.
-
-    ``at(step)`` gives the arrays for global update ``step`` (padded to the largest shard) and their
-    number of rows. The shard changes every ``interval`` steps, to a random shard (``order='random'``,
-    drawn from a fixed data seed, so all seeds and a resumed run see the same ones) or the next in order
-    (``'cycle'``); the coming shard is loaded in a background thread while the current one trains.
-    """
+    """The training data on the device: a file whole, or a shard directory one shard at a time. ``at(step)``: the arrays
+    of global update ``step`` (padded to the largest shard) and their rows. The shard changes every ``interval`` steps, to
+    a random one (a fixed data seed: every seed and a resumed run see the same) or the next (``'cycle'``); the coming
+    shard loads in a background thread while the current one trains."""
 
     def __init__(self, env_name: str, path: str, sparse: bool, interval: int, order: str, data_seed: int = 0):
         self.env_name, self.sparse, self.interval, self.order, self.data_seed = env_name, sparse, interval, order, data_seed
@@ -156,20 +149,16 @@ class DeviceDataset:
         self.obs_dim, self.act_dim = self._env.observation_space.shape[0], self._env.action_space.shape[0]
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="shard-loader")
         self._shards: dict[int, Future] = {}
-        counts = [count_transitions(f) for f in self.files] if len(self.files) > 1 else []
-        self.capacity = max(counts, default=0)
+        counts = [count_transitions(f) for f in self.files] if len(self.files) > 1 else [0]
+        self.capacity = max(counts)
         if len(self.files) == 1:  # a file is loaded now (errors surface at once), whole and unpadded
-            first = self._load(0)
-            self.capacity, counts = first[1], [first[1]]
-            self._shards[0] = Future()
-            self._shards[0].set_result(first)
+            self._shards[0] = self._pool.submit(self._load, 0)
+            self.capacity = counts[0] = self._shards[0].result()[1]
         self.transitions = sum(counts)  # of the whole dataset, all shards
 
     def shard_at(self, step: int) -> int:
-        slot = step // self.interval
-        if self.order == "cycle":
-            return slot % len(self.files)
-        return int(np.random.default_rng([self.data_seed, slot]).integers(len(self.files)))
+        slot, n = step // self.interval, len(self.files)
+        return slot % n if self.order == "cycle" else int(np.random.default_rng([self.data_seed, slot]).integers(n))
 
     def next_switch(self, step: int) -> float:
         """The first global step after ``step`` at which the shard may change (inf for a single file)."""
@@ -177,15 +166,10 @@ class DeviceDataset:
 
     def at(self, step: int) -> tuple[dict[str, jax.Array], int]:
         i = self.shard_at(step)
-        if i not in self._shards:
-            self._shards[i] = self._pool.submit(self._load, i)
-        arrays, n = self._shards[i].result()
         upcoming = self.shard_at(int(self.next_switch(step))) if len(self.files) > 1 else i
-        for j in [j for j in self._shards if j not in (i, upcoming)]:
-            del self._shards[j]  # at most two shards on the device: the current one and the next
-        if upcoming not in self._shards:
-            self._shards[upcoming] = self._pool.submit(self._load, upcoming)
-        return arrays, n
+        # at most two shards on the device: the current one and the next (loading behind it on the one thread)
+        self._shards = {j: self._shards.get(j) or self._pool.submit(self._load, j) for j in dict.fromkeys((i, upcoming))}
+        return self._shards[i].result()
 
     def _load(self, i: int) -> tuple[dict[str, jax.Array], int]:
         data = load_file(self._env, self.env_name, self.files[i], self.sparse)
@@ -197,12 +181,9 @@ class DeviceDataset:
 
 # --------------------------------------------------------------------------- sampling (3)
 def chunk_at(rows: Callable[[str, jax.Array], jax.Array], idx: jax.Array, horizon: int, discount: float) -> dict[str, jax.Array]:
-    """The action-chunk batch of METHOD (3) for chunks starting at rows ``idx``.
-
-    Returns observations (B, obs), actions (B, H*A), next_observations s'_H (B, obs),
-    rewards R_{0:H} = sum_j gamma^j r_j over valid steps (B,), masks m_H = min_j masks (B,),
-    valid (B, H): 1 while the chunk has not crossed an episode end (valid_H = valid[:, -1]).
-    """
+    """The chunk batch of METHOD (3) starting at rows ``idx`` (``rows(key, i)`` reads the table): observations (B, obs),
+    actions (B, H*A), next_observations s'_H, rewards R_{0:H} = sum_j gamma^j r_j over valid steps, masks m_H = min_j
+    masks, valid (B, H): 1 while the chunk has not crossed an episode end (valid_H = valid[:, -1])."""
     seq = idx[:, None] + jnp.arange(horizon)[None, :]
     term = rows("terminals", seq)
     valid = (jnp.cumsum(term, axis=1) - term == 0).astype(jnp.float32)  # no terminal strictly before j
@@ -217,9 +198,12 @@ def chunk_at(rows: Callable[[str, jax.Array], jax.Array], idx: jax.Array, horizo
     }
 
 
-def sample_chunks(data: dict[str, jax.Array], key: jax.Array, batch_size: int, horizon: int, discount: float,
-                  size=None) -> dict[str, jax.Array]:
-    """Uniform chunk starts in [0, size - H] (``size`` = filled rows; defaults to all rows)."""
-    n = data["rewards"].shape[0] if size is None else size
-    idx = jax.random.randint(key, (batch_size,), 0, n - horizon + 1)
-    return chunk_at(lambda k, i: data[k][i], idx, horizon, discount)
+def sample_chunks(rows: dict | Callable, key: jax.Array, batch_size: int, horizon: int, discount: float,
+                  *ranges: tuple) -> dict[str, jax.Array]:
+    """A chunk batch (3) from ``rows`` (arrays, or ``rows(key, i)``) with starts uniform in [lo, hi - H] of each row range
+    ``(lo, hi)`` (default: all rows) in turn, an equal share each (the first takes the remainder)."""
+    ranges = ranges or ((0, rows["rewards"].shape[0]),)
+    n, keys = len(ranges), jax.random.split(key, len(ranges)) if len(ranges) > 1 else [key]
+    sizes = [batch_size - batch_size // n * (n - 1)] + [batch_size // n] * (n - 1)
+    idx = jnp.concatenate([jax.random.randint(k, (b,), lo, hi - horizon + 1) for k, b, (lo, hi) in zip(keys, sizes, ranges, strict=True)])
+    return chunk_at(rows if callable(rows) else lambda k, i: rows[k][i], idx, horizon, discount)

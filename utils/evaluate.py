@@ -37,8 +37,8 @@ def default_workers(num_envs: int) -> int:
 class _Envs:
     """The envs of one process; ``send(msg)`` runs one of its methods, ``recv()`` gives ("ok", value) or ("error", traceback)."""
 
-    def __init__(self, env_name: str, count: int, limit: dict):
-        self.envs, self.name = [make_env(env_name, **limit) for _ in range(count)], "in-process evaluation"
+    def __init__(self, env_name: str, count: int, max_steps: int | None):
+        self.envs, self.name = [make_env(env_name, max_episode_steps=max_steps) for _ in range(count)], "in-process evaluation"
         self.obs = np.zeros((count, *self.envs[0].observation_space.shape), np.float32)  # each env's episode so far
         self.ret, self.length, self.done, self.success = np.zeros((4, count))
 
@@ -97,10 +97,10 @@ class _Envs:
             env.close()
 
 
-def _serve(conn, env_name: str, count: int, limit: dict) -> None:
+def _serve(conn, env_name: str, count: int, max_steps: int | None) -> None:
     """A worker: make the envs, then answer messages until told to close or the parent is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    envs = _Envs(env_name, count, limit)
+    envs = _Envs(env_name, count, max_steps)
     with contextlib.suppress(EOFError, OSError):
         while (msg := conn.recv())[0] != "close":
             envs.send(msg)
@@ -108,9 +108,8 @@ def _serve(conn, env_name: str, count: int, limit: dict) -> None:
 
 
 class _Worker:
-    """A spawned process running ``_serve`` (fork is unsafe once JAX runs). It imports the main script again: JAX stays
-    on the CPU there; MuJoCo's GL backend is this process's, or ``gl`` (the video render process: a machine without
-    EGL libraries can still evaluate with ``MUJOCO_GL=disable``, as long as it films nothing)."""
+    """A spawned process running ``_serve`` (fork is unsafe once JAX runs; JAX stays on the CPU there) with this process's
+    MuJoCo GL backend, or ``gl`` (the video render process: without EGL libraries evaluation works, filming does not)."""
 
     def __init__(self, name: str, *args, gl: str | None = None):
         self.conn, child = mp.Pipe()
@@ -131,13 +130,13 @@ class Evaluator(contextlib.AbstractContextManager):
             raise UserError(f"seeds, episodes, max_envs must be >= 1, workers >= 0; got {num_seeds}, {episodes}, {max_envs}, {workers}")
         check_env(env_name)
         self.env_name, self.num_seeds, self.episodes = env_name, num_seeds, episodes
-        self.limit = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
+        self.max_steps = max_episode_steps  # None: the env's own time limit
         self.num_envs = min(max_envs, num_seeds * episodes)
         self.workers = min(workers, self.num_envs)
-        self._hosts: list[_Envs | _Worker] = [] if self.workers else [_Envs(env_name, self.num_envs, self.limit)]
+        self._hosts: list[_Envs | _Worker] = [] if self.workers else [_Envs(env_name, self.num_envs, self.max_steps)]
         try:
             for h in range(self.workers):
-                self._hosts.append(_Worker(f"evaluation worker {h}", env_name, len(range(h, self.num_envs, self.workers)), self.limit))
+                self._hosts.append(_Worker(f"evaluation worker {h}", env_name, len(range(h, self.num_envs, self.workers)), self.max_steps))
         except BaseException:
             self.close()
             raise
@@ -171,18 +170,16 @@ class Evaluator(contextlib.AbstractContextManager):
             if isinstance(e, (EOFError, OSError)):
                 raise RuntimeError(f"{hosts[h].name} died (exit code {hosts[h].proc.exitcode}); the evaluator is closed") from None
             raise
-        for h, (status, value) in replies.items():
-            if status != "ok":
-                raise RuntimeError(f"{hosts[h].name} failed:\n{value}")
+        if failed := [h for h, (status, _) in replies.items() if status != "ok"]:
+            raise RuntimeError(f"{hosts[failed[0]].name} failed:\n{replies[failed[0]][1]}")
         return {h: value for h, (_, value) in replies.items()}
 
     def run(self, policy: Callable[[np.ndarray, int], np.ndarray], reset_seeds: Sequence[Sequence[int]],
             videos: Sequence[str | None] | None = None) -> list[dict[str, float]]:
-        """Run the N x E episodes (``env.reset(seed=reset_seeds[i][e])``) to their ends. ``policy(obs (N, E, obs_dim) float32,
-        chunk) -> (N, E, H, A)`` is called once per chunk step of each wave (an episode not yet run gets zeros, an ended
-        one its last observation). ``videos``: None or N paths-or-None; episode 0 of seed i is written to ``videos[i]``.
-        Returns per seed the means over its E episodes of ``success`` (``info['success']`` at the end), ``return``,
-        ``length``, and ``policy_calls`` (of this run)."""
+        """Run the N x E episodes (``env.reset(seed=reset_seeds[i][e])``) to their ends; ``policy(obs (N, E, obs_dim), chunk)
+        -> (N, E, H, A)`` once per chunk step of each wave (an episode not yet run gets zeros, an ended one its last obs).
+        ``videos``: None or N paths-or-None (episode 0 of seed i filmed). Per seed, the means over its E episodes of
+        ``success`` (``info['success']`` at the end), ``return``, ``length``, and ``policy_calls`` (of this run)."""
         N, E, W, n = self.num_seeds, self.episodes, max(self.workers, 1), self.num_seeds * self.episodes
         if np.shape(reset_seeds) != (N, E) or (videos is not None and len(videos) != N):
             raise ValueError(f"reset_seeds must be {N} lists of {E} ints and videos None or {N} paths-or-None")
@@ -208,8 +205,8 @@ class Evaluator(contextlib.AbstractContextManager):
                     filmed[k].append(chunks[k])  # the episode's actions are its chunks, the last one cut at its end
         if filmed:  # replayed and rendered by one process with a GL backend (EGL unless this process names another)
             if len(self._hosts) == max(self.workers, 1):
-                gl = os.environ.get("MUJOCO_GL", "")
-                self._hosts.append(_Worker("video render process", self.env_name, 1, self.limit, gl="egl" if gl in ("", "disable") else gl))
+                gl = os.environ.get("MUJOCO_GL") or "egl"
+                self._hosts.append(_Worker("video render process", self.env_name, 1, self.max_steps, gl="egl" if gl == "disable" else gl))
             for k, a in filmed.items():
                 actions = np.concatenate(a)[: int(length[k])]
                 self._exchange({len(self._hosts) - 1: ("video", int(seeds[k]), actions, videos[k // E], obs[k])})

@@ -1,9 +1,8 @@
 """Offline -> online pieces (docs/METHOD.md section 7): the replay buffer's online rows, sampling, resumable envs.
 
-The buffer is the current dataset shard (rows [0, n)) then each seed's online rows (rows [n, n + t)), read by
-``utils.data.chunk_at`` as one table. Online rows follow the data's rules: ``terminals`` = episode end (chunks stop
-there), ``masks = 1 - terminated`` (a time limit never cuts bootstrapping). An env resumes by *replaying* its
-episode from the seeded reset (MuJoCo is deterministic: bit-exact), checked against a saved physical snapshot.
+The buffer is the current dataset shard (rows [0, n)) then each seed's online rows (rows [n, n + t)), one table to
+``utils.data.chunk_at``; online rows follow the data's rules (``terminals`` = episode end, ``masks = 1 - terminated``).
+An env resumes by *replaying* its episode from the seeded reset (MuJoCo is deterministic), checked against a snapshot.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from utils.data import KEYS, chunk_at
+from utils.data import KEYS, sample_chunks
 
 
 def empty_rows(num_seeds: int, capacity: int, obs_dim: int, act_dim: int) -> dict[str, jax.Array]:
@@ -44,13 +43,8 @@ def sample(data: dict, n: jax.Array, rows: dict, filled: jax.Array, key: jax.Arr
            discount: float, balanced: bool) -> dict[str, jax.Array]:
     """A chunk batch (METHOD 3) from dataset rows [0, n) then online rows [n, n + filled) of one seed: uniform,
     or ``balanced`` = the first half from the dataset and the rest from the online rows (needs filled >= H)."""
-    if not balanced:
-        idx = jax.random.randint(key, (batch_size,), 0, n + filled - horizon + 1)
-    else:
-        k_off, k_on = jax.random.split(key)
-        idx = jnp.concatenate([jax.random.randint(k_off, (batch_size - batch_size // 2,), 0, n - horizon + 1),
-                               jax.random.randint(k_on, (batch_size // 2,), n, n + filled - horizon + 1)])
-    return chunk_at(buffer_rows(data, n, rows), idx, horizon, discount)
+    ranges = [(0, n), (n, n + filled)] if balanced else [(0, n + filled)]
+    return sample_chunks(buffer_rows(data, n, rows), key, batch_size, horizon, discount, *ranges)
 
 
 # ----------------------------------------------------------------------- resumable env state

@@ -1,12 +1,10 @@
 """The phase runner: everything of a training run that is not the method, for --num-seeds seeds at once.
 
-An algorithm hands it pure functions (``update(state, batch) -> (state, metrics)``, ``act(state, obs, key) -> chunk``
-for one observation; each applied along a leading seed axis):  ``run = Runner(args, name)``;  ``flow =
-run.bc_stage(bc_init, bc_update, flow_act)`` (BC (2) or a loaded flow);  ``state = run.offline(init, flow, update,
-act)``;  ``state = run.online(state, update, act)``;  ``run.finish(state)``. Global steps: pretraining [0, P), offline
-[P, P + O), then one per env step. Updates run in jitted ``lax.scan`` blocks ending on every log / eval / checkpoint
-interval of the phase and every shard switch, so a run resumed from its newest checkpoint (every seed's) dispatches
-exactly the blocks an uninterrupted one would.
+An algorithm hands it pure functions of one seed (``update(state, batch) -> (state, metrics)``, ``act(state, obs, key)
+-> chunk``): ``Runner(args, name)``, then ``bc_stage`` (BC (2) or a loaded flow), ``offline``, ``online``, ``finish``.
+Global steps: pretraining [0, P), offline [P, P + O), then one per env step. Updates run in jitted ``lax.scan`` blocks
+ending on every log / eval / checkpoint interval and shard switch, so a run resumed from its newest checkpoint (every
+seed's) dispatches exactly the blocks an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -71,7 +69,7 @@ def make_block(update: Callable, n: int, batch_size: int, horizon: int, discount
     ``block((states, keys), data, size) -> ((states, keys), metrics averaged over the n updates)``."""
 
     def block(carry, data, size):
-        carry, ms = scan_updates(update, n, carry, lambda k: sample_chunks(data, k, batch_size, horizon, discount, size))
+        carry, ms = scan_updates(update, n, carry, lambda k: sample_chunks(data, k, batch_size, horizon, discount, (0, size)))
         return carry, jax.tree.map(lambda x: x.mean(0), ms)
 
     return jax.jit(block, donate_argnums=0)
@@ -85,17 +83,16 @@ class Runner:
         base = a.run_dir and os.path.expanduser(a.run_dir)
         self.run_dirs = [(base if a.num_seeds == 1 else os.path.join(base, f"seed{s}")) if base
                          else os.path.join("runs", f"{a.env_id}__{a.exp_name}__{s}") for s in self.seeds]
+        self.ckpt_dirs = [os.path.join(d, "checkpoints") for d in self.run_dirs]
         self.dataset_path = resolve_dataset_path(self.env_name, a.dataset_path, a.generate_missing)
         self.data = DeviceDataset(self.env_name, self.dataset_path, a.sparse, a.shard_interval, a.shard_order)
         self.args = a = network_defaults(a, self.data.transitions)  # the final arguments: use run.args from here on
         if self.data.capacity < a.horizon:
             raise UserError(f"{self.dataset_path} has fewer transitions than one action chunk")
-        self.obs_dim, self.act_dim = self.data.obs_dim, self.data.act_dim
-        self.chunk_dim = self.act_dim * a.horizon
+        self.obs_dim, self.act_dim, self.chunk_dim = self.data.obs_dim, self.data.act_dim, self.data.act_dim * a.horizon
         self.P = 0 if a.pretrained_path else a.pretrain_steps
         self.off_end, self.total = self.P + a.offline_steps, self.P + a.offline_steps + a.online_steps
-        keys = [jax.random.split(jax.random.PRNGKey(s), 3) for s in self.seeds]
-        self.flow_keys, self.init_keys, self._sample_keys = (jnp.stack([k[j] for k in keys]) for j in range(3))
+        self.flow_keys, self.init_keys, self._sample_keys = jnp.stack([jax.random.split(jax.random.PRNGKey(s), 3) for s in self.seeds], 1)
         self.keys = self._phase_keys(0)  # batch sampling: one stream per phase, so a loaded flow = one pretrained here
 
         self.resume, self.resume_meta = self._latest_checkpoints()
@@ -104,23 +101,17 @@ class Runner:
                      for d, s in zip(self.run_dirs, self.seeds, strict=True)]
         self.last_eval = [log.last_eval() for log in self.logs]
         self.bar = tqdm(total=self.total, initial=start, dynamic_ncols=True, mininterval=1.0, unit="step")  # steps/s: updates or env steps
-        self.evaluator: Evaluator | None = None
-        self.flow_act: Callable | None = None
-        self.flow: Tree = None
+        self.evaluator, self.flow_act, self.flow = None, None, None  # (Evaluator, act of the BC flow, the flow)
         self.online_info: list[dict] = [{} for _ in self.seeds]
         self._jitted: dict[Any, Callable] = {}
-        self._acc: dict[str, np.ndarray] = {}  # metric sums (per seed) since the last train.csv row, and their count
-        self._acc_n = 0
+        self._acc, self._acc_n = {}, 0  # metric sums (per seed) since the last train.csv row, and their count
         self._t0 = time.time()
 
     # ------------------------------------------------------------------------ checkpoints
-    def _ckpt_dir(self, i: int) -> str:
-        return os.path.join(self.run_dirs[i], "checkpoints")
-
     def _latest_checkpoints(self) -> tuple[list[str] | None, dict]:
         """The newest step at which every seed has a checkpoint: (their paths, seed 0's meta)."""
-        common = set.intersection(*(set(checkpoint.steps(self._ckpt_dir(i))) for i in range(len(self.seeds))))
-        paths = [checkpoint.step_path(self._ckpt_dir(i), max(common)) for i in range(len(self.seeds))] if common else None
+        common = set.intersection(*(set(checkpoint.steps(d)) for d in self.ckpt_dirs))
+        paths = [checkpoint.step_path(d, max(common)) for d in self.ckpt_dirs] if common else None
         return paths, checkpoint.read_meta(paths[0]) if paths else {}
 
     def _save(self, step: int, phase: str, trees: list[Tree], metas: list[dict] | None = None) -> None:
@@ -128,7 +119,7 @@ class Runner:
             meta = {"phase": phase, "step": step, "shard": self.data.shard_at(step), **(metas[i] if metas else {})}
             if self._acc:  # metric sums since the last train.csv row, so a resumed run logs the same rows
                 meta.update(log_sums={k: float(v[i]) for k, v in self._acc.items()}, log_count=self._acc_n)
-            checkpoint.save(checkpoint.step_path(self._ckpt_dir(i), step), tree, meta)
+            checkpoint.save(checkpoint.step_path(self.ckpt_dirs[i], step), tree, meta)
 
     def _restore(self, template: Callable[[int], Tree]) -> list[tuple[Tree, dict]]:
         """Each seed's resume checkpoint, restored into the structure of ``template(seed index)``."""
@@ -148,10 +139,8 @@ class Runner:
         a = self.args
         states = jax.vmap(init)(self.flow_keys)
         self.flow_act, self.flow = act, states.params
-        one = unstack(states.params, 1)[0]
         if a.pretrained_path:
-            paths = [a.pretrained_path.format(seed=s) for s in self.seeds]
-            self.flow = stack([self._load_flow(p, one) for p in paths])
+            self.flow = stack([self._load_flow(a.pretrained_path.format(seed=s), unstack(states.params, 1)[0]) for s in self.seeds])
         elif self.P > 0 and self._phase() in (None, "pretrain"):
             states = self._resume_state(states) if self._phase() == "pretrain" else states
 
@@ -239,8 +228,7 @@ class Runner:
         return state
 
     def _check_finite(self, metrics: dict, phase: str, step: int) -> None:
-        bad = [k for k, v in metrics.items() if not np.all(np.isfinite(v))]
-        if bad:
+        if bad := [k for k, v in metrics.items() if not np.all(np.isfinite(v))]:
             raise UserError(f"non-finite {', '.join(bad)} at {phase} step {step}; the last good checkpoint is kept")
 
     def _log_train(self, step: int, phase: str, phase_step: int, metrics: dict, state: Tree, log_state: Callable | None,
@@ -271,9 +259,8 @@ class Runner:
 
             self._jitted[act, "eval"] = jax.jit(policy)
         seeds = [(s * 1_000_003 + step) % 2**32 for s in self.seeds]
-        fn = self._jitted[act, "eval"]
         videos = [os.path.join(d, "videos", f"step_{step}.mp4") for d in self.run_dirs] if a.capture_video else None
-        results = self.evaluator.run(lambda obs, c: np.asarray(fn(tree, obs, np.asarray(seeds, np.uint32), c)),
+        results = self.evaluator.run(lambda obs, c: np.asarray(self._jitted[act, "eval"](tree, obs, np.asarray(seeds, np.uint32), c)),
                                      [[s + j for j in range(e)] for s in seeds], videos)
         for i, r in enumerate(results):
             self.last_eval[i] = r
@@ -288,8 +275,7 @@ class Runner:
         a, N, H, A, T = self.args, len(self.seeds), self.args.horizon, self.act_dim, self.args.online_steps
         if T == 0:
             return state
-        limit = {} if a.online_max_episode_steps is None else {"max_episode_steps": a.online_max_episode_steps}
-        envs = [make_env(self.env_name, **limit) for _ in self.seeds]
+        envs = [make_env(self.env_name, max_episode_steps=a.online_max_episode_steps) for _ in self.seeds]
         rows = online.empty_rows(N, T, self.obs_dim, A)
         steps = {n: self._online_step(update, n) for n in {0, a.utd_ratio}}
         acting = self._jitted.setdefault((act, "online"), jax.jit(jax.vmap(act)))
@@ -387,12 +373,11 @@ class Runner:
     # --------------------------------------------------------------------------- summary
     def finish(self, state: Tree, extra: Callable[[Tree], dict] | None = None) -> list[dict]:
         """summary.json per seed (final evaluation, step counts, wall time, ``extra(state)`` of the method)."""
-        a = self.args
+        a, out = self.args, []
         if self.evaluator is not None:
             self.evaluator.close()
         self.bar.close()
         values = jax.device_get(jax.vmap(extra)(state)) if extra else {}
-        out = []
         for i, (log, s) in enumerate(zip(self.logs, self.seeds, strict=True)):
             summary = {"algorithm": self.algorithm, "env": self.env_name, "seed": s, "steps": self.total, "pretrain_steps": self.P,
                        "offline_steps": a.offline_steps, "online_steps": a.online_steps, **self.online_info[i],
