@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import glob
 import os
+import sys
 from collections import defaultdict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,3 +52,14 @@ def test_no_algorithm_file_imports_another():
         imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         others = {os.path.splitext(os.path.basename(g))[0] for g in FILES} | {"baselines"}
         assert not imported & others, f"{f} imports {imported & others}"
+
+
+def test_the_shape_holds():
+    """The size budget of the shape: each algorithm file reads in one sitting, the machinery stays small, and no
+    module of utils/ shadows a standard-library name."""
+    lines = {f: sum(1 for _ in open(os.path.join(ROOT, f))) for f in FILES}
+    assert lines["trqam.py"] <= 500 and lines["qam.py"] <= 450, lines
+    assert all(n < 500 for n in lines.values()), lines
+    utils = glob.glob(os.path.join(ROOT, "utils", "*.py"))
+    assert sum(sum(1 for _ in open(p)) for p in utils) <= 1200
+    assert not {os.path.basename(p)[:-3] for p in utils} & set(sys.stdlib_module_names)
