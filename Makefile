@@ -15,7 +15,7 @@ $(VENV)/.installed: requirements.txt
 demo: $(VENV)/.installed   ## small generated dataset -> BC pretraining -> TRQAM -> eval -> report (~7.5 min, 2 CPU cores)
 	$(PY) examples/demo.py
 
-test: $(VENV)/.installed   ## the test suite (CPU, ~6 min on 2 cores)
+test: $(VENV)/.installed   ## the test suite (CPU, ~10 min on 2 idle cores)
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q -p no:cacheprovider tests
 
 bench: $(VENV)/.installed  ## update throughput at the paper's size and a small size

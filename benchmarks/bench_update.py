@@ -82,12 +82,19 @@ def env_names_unchecked() -> Iterator[None]:
         datalib.check_env = check
 
 
+# the default env's (cube-double) presets switch these methods' own part off (edit scale 0, one-step alpha 0): time
+# them with it on, at the values of the domains that use it
+KNOBS = {"qam_e": {"edit_scale": 0.1}, "qam_f": {"fql_alpha": 30.0}}
+
+
 def make_args(mod: ModuleType, size: str, batch_size: int, flow_steps: int) -> Any:
-    """The algorithm's own Args at this size, resolved by its resolve_args (per-domain presets of the default env)."""
-    s = SIZES[size]
+    """The algorithm's own Args at this size, resolved by its resolve_args (per-domain presets of the default env,
+    except ``KNOBS``)."""
+    s, knobs = SIZES[size], KNOBS.get(mod.__name__.rsplit(".", 1)[-1], {})
     with env_names_unchecked():
         return mod.resolve_args(mod.Args(horizon=HORIZON, actor_hidden_dims=s["hidden"], value_hidden_dims=s["hidden"],
-                                         actor_layer_norm=False, num_qs=s["num_qs"], batch_size=batch_size, flow_steps=flow_steps))
+                                         actor_layer_norm=False, num_qs=s["num_qs"], batch_size=batch_size,
+                                         flow_steps=flow_steps, **knobs))
 
 
 def synthetic_dataset(n: int, obs_dim: int, act_dim: int, episode_len: int = 1000, seed: int = 0) -> dict:
