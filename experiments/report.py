@@ -178,19 +178,22 @@ def sweep_report(root: str, runs: list[Run], note: str, reps: int, poi_reps: int
     cols = domain_order({d for row in dom.values() for d in row if d != "all"})
     lines += ["## Per domain (the paper's layout)", "",
               "A domain is the mean of its task means; ± over seeds of the per-seed domain mean; all = mean of the domain "
-              "means shown. Reported rows: the numbers published for the same phase (docs/BASELINES.md), over the "
-              "domains shown here (their setting may differ in data, seeds and steps).", ""]
+              "means shown. Reported rows: the numbers published for the same phase (docs/BASELINES.md) for the domains "
+              "shown here; their all is over the domains where our row has a number too, named where that is not all of "
+              "ours (their setting may differ in data, tasks, seeds and steps).", ""]
     rows = []
     for a in method_order(dom):
         rows.append([f"**{method_name(a)}**"] + [pct(*dom[a][c]) if c in dom[a] else "–" for c in cols] + [pct(dom[a]["all"][0])])
         for rep in reported:
             if a in rep.rows and setting_matches(rep, [r for r in finished if r.algo == a]):
                 vals = rep.rows[a]
-                shown = [vals[c][0] for c in cols if c in vals]
+                both = [c for c in cols if c in vals and c in dom[a]]  # its "all": the domains ours has too, named
+                shown = [vals[c][0] for c in both]
                 seeds = f", {rep.setting['seeds']} seeds" if "seeds" in rep.setting else ""
                 rows.append([f"{method_name(a)} (reported: {rep.source}{seeds})"]
                             + [f"{vals[c][0]:g}" + (f" ± {vals[c][1]:g}" if vals[c][1] is not None else "") if c in vals else "–"
-                               for c in cols] + [f"{np.mean(shown):.1f}" if shown else "–"])
+                               for c in cols] + [f"{np.mean(shown):.1f}" + ("" if len(both) == len(dom[a]) - 1 else f" ({', '.join(both)})")
+                                                 if shown else "–"])
     lines += table(["method"] + cols + ["all"], rows) + [""]
 
     lines += ["## Per task", "", "mean ± std (n seeds); runs not finished are counted beside.", ""]

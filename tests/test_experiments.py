@@ -312,12 +312,14 @@ def test_aggregates_match_a_hand_computation(tmp_path):
                    "| method | al | ag | hm | hl | scene | p33 | p44 | c2 | c3 | c4 | all |\n" + "|---" * 12 + "|\n"
                    "| QAM | 62±9 | 29±4 | 64±7 | 4±3 | 64±4 | 15±3 | 1±1 | 71±2 | 19±6 | 18±3 | 35 |\n"
                    "| TRQAM | 89±4 | 41±4 | 84±3 | 36±4 | 79±1 | 100±0 | 99±1 | 81±3 | 50±5 | 19±5 | 68 |\n\n"
-                   "<!-- reported: paper-y online seeds=12 -->\n| method | scene | c2 |\n|---|---|---|\n| TRQAM | 1 | 2 |\n\n## Next\n")
+                   "<!-- reported: paper-y online seeds=12 -->\n| method | scene | c2 |\n|---|---|---|\n| TRQAM | 1 | 2 |\n\n"
+                   "<!-- reported: paper-z offline seeds=4 -->\n| method | scene | all |\n|---|---|---|\n| QAM | 50 | 50 |\n\n## Next\n")
     path = report.write_report(str(root), reps=300, baselines_doc=str(doc))
     md = open(path).read()
     assert "| method | scene | c2 | all |" in md
     assert "| **TRQAM** | 90.0 ± 10.0 | 55.0 ± 20.0 | 72.5 |" in md
     assert "| TRQAM (reported: paper-x, 8 seeds) | 79 ± 1 | 81 ± 3 | 80.0 |" in md and "paper-y" not in md
+    assert "| QAM (reported: paper-z, 4 seeds) | 50 | – | 50.0 (scene) |" in md  # its all: only where both have numbers
     assert "| cube-double-play task1 | 22.5 ± 5.0 (4) | 10.0 ± 10.0 (3) +1 unfinished | 40.0 ± 20.0 (3) |" in md
     assert "| unfinished | QAM | cube-double-play task1 | 3 |" in md
     assert results.parse_reported(str(tmp_path / "missing.md")) == [] and results.parse_reported(path) == []
