@@ -70,7 +70,8 @@ def success_curves(runs: list[Run], path: str, reps: int) -> bool:
             online = [r.offline_steps for r in group if r.online_steps and r.offline_steps is not None]
             if online:
                 ax.axvline(online[0], color="k", ls=":", lw=0.8)
-        ax.set(title=f"{dom} ({len({(r.env, r.task) for r in runs if r.domain == dom})} tasks)", xlabel="fine-tuning step",
+        n = len({(r.env, r.task) for r in runs if r.domain == dom})
+        ax.set(title=f"{dom} ({n} task{'s' * (n != 1)})", xlabel="fine-tuning step",
                ylabel="success (%): mean, 95% CI", ylim=(-3, 103))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -91,7 +92,7 @@ def aggregate_bars(agg: Aggregates, path: str) -> None:
         hi = np.array([100 * agg.ci[a][1][k] for a in algos])
         ax.barh(y, pt, xerr=[pt - lo, hi - pt], color="tab:blue", alpha=0.7, capsize=4)
         ax.set_yticks(y, [method_name(a) for a in algos])
-        ax.set(title=f"{title} of final success ({len(agg.tasks)} tasks)", xlabel="success (%)", xlim=(0, 100))
+        ax.set(title=f"{title} of final success ({len(agg.tasks)} task{'s' * (len(agg.tasks) != 1)})", xlabel="success (%)", xlim=(0, 100))
         ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     _save(fig, path)
