@@ -322,7 +322,7 @@ def test_aggregates_match_a_hand_computation(tmp_path):
     assert "| QAM (reported: paper-z, 4 seeds) | 50 | – | 50.0 (scene) |" in md  # its all: only where both have numbers
     assert "| cube-double-play task1 | 22.5 ± 5.0 (4) | 10.0 ± 10.0 (3) +1 unfinished | 40.0 ± 20.0 (3) |" in md
     assert "| unfinished | QAM | cube-double-play task1 | 3 |" in md
-    assert results.parse_reported(str(tmp_path / "missing.md")) == [] and results.parse_reported(path) == []
+    assert results.parse_reported(str(tmp_path / "no-such-file")) == [] and results.parse_reported(path) == []
 
 
 def test_identify_reads_the_method_from_the_files():
