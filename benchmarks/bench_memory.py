@@ -17,62 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 
-import numpy as np
+from training_run import synthetic_file, timed  # benchmarks/ (this script's directory)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NAME = "cube-double-play-v0"  # obs 37, action 5, qpos 28, qvel 26
+NAME, ENV = "cube-double-play-v0", "cube-double-singletask-task1-v0"  # obs 37, action 5, qpos 28, qvel 26
 EPISODE = 1001
 
 
 def write_shards(directory: str, shards: int, rows: int) -> list[str]:
     """``shards`` files of ``rows`` rows (whole 1001-row episodes), skipped when they already exist."""
-    os.makedirs(directory, exist_ok=True)
-    paths = []
-    for j in range(shards):
-        path = os.path.join(directory, f"{NAME}-{j:03d}.npz")
-        paths.append(path)
-        if os.path.exists(path):
-            continue
-        rng = np.random.default_rng(j)
-        n = rows // EPISODE * EPISODE
-        arrays = {"observations": rng.standard_normal((n, 37), np.float32), "actions": rng.uniform(-1, 1, (n, 5)).astype(np.float32),
-                  "terminals": (np.arange(n) % EPISODE == EPISODE - 1), "qpos": rng.standard_normal((n, 28), np.float32),
-                  "qvel": np.zeros((n, 26), np.float32)}
-        tmp = path[:-4] + ".tmp.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    return paths
-
-
-CHILD = r"""
-import json, os, resource, sys, threading, time
-import jax
-import trqam
-from utils import runner
-peak = {"device": 0}
-stop = threading.Event()
-def watch():
-    while not stop.is_set():
-        peak["device"] = max(peak["device"], sum(x.nbytes for x in jax.live_arrays()))
-        time.sleep(0.05)
-threading.Thread(target=watch, daemon=True).start()
-times = []
-log = runner.Runner._log_train
-def timed(self, step, *a, **k):
-    times.append((step, time.perf_counter()))
-    return log(self, step, *a, **k)
-runner.Runner._log_train = timed
-args = trqam.Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(sys.argv[1]).items()})
-trqam.main(args)
-stop.set()
-(s0, t0), (s1, t1) = times[0], times[-1]
-print(json.dumps({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                  "peak_device_bytes": peak["device"], "updates_per_s": (s1 - s0) / (t1 - t0)}))
-"""
+    return [synthetic_file(os.path.join(directory, f"{NAME}-{j:03d}.npz"), ENV, rows, EPISODE, seed=j) for j in range(shards)]
 
 
 def train(dataset: str, opts: argparse.Namespace, run_dir: str) -> dict:
@@ -80,11 +35,8 @@ def train(dataset: str, opts: argparse.Namespace, run_dir: str) -> dict:
             "offline_steps": opts.updates, "log_interval": opts.shard_interval, "shard_interval": opts.shard_interval,
             "eval_episodes": 0, "checkpoint_interval": 10**9, "actor_hidden_dims": (128, 128), "value_hidden_dims": (128, 128),
             "num_qs": 2, "actor_layer_norm": False}
-    env = {**os.environ, "PYTHONPATH": ROOT, "MUJOCO_GL": "disable"}
-    p = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], capture_output=True, text=True, env=env, cwd=ROOT)
-    if p.returncode != 0:
-        raise RuntimeError(p.stderr[-3000:])
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    r = timed("trqam", args, phase="offline", memory=True)
+    return {"peak_rss_bytes": r["peak_rss_bytes"], "peak_device_bytes": r["peak_device_bytes"], "updates_per_s": r["steps_per_s"]}
 
 
 def main() -> None:

@@ -17,47 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 
-import numpy as np
+from training_run import synthetic_file, timed  # benchmarks/ (this script's directory)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {"paper": {"hidden": [512] * 4, "num_qs": 10}, "small": {"hidden": [128, 128], "num_qs": 2}}
-CHILD = r"""
-import json, sys, time
-import trqam, qam
-from utils import runner
-times = []
-log = runner.Runner._log_train
-def timed(self, step, phase, *a, **k):
-    if phase == "online":
-        times.append((step, time.perf_counter()))
-    return log(self, step, phase, *a, **k)
-runner.Runner._log_train = timed
-mod = {"trqam": trqam, "qam": qam}[sys.argv[1]]
-mod.main(mod.Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(sys.argv[2]).items()}))
-(s0, t0), (s1, t1) = times[0], times[-1]
-print(json.dumps({"env_steps_per_s": (s1 - s0) / (t1 - t0)}))
-"""
-
-
-def write_dataset(path: str, episodes: int = 20, length: int = 201) -> str:
-    """A cube-single file of random values in OGBench's layout (qpos/qvel sized as the env's)."""
-    if os.path.exists(path):
-        return path
-    import gymnasium
-    import ogbench  # noqa: F401
-
-    u = gymnasium.make("cube-single-singletask-task1-v0").unwrapped
-    n, rng = episodes * length, np.random.default_rng(0)
-    arrays = {"observations": rng.standard_normal((n, 28), np.float32), "actions": rng.uniform(-1, 1, (n, 5)).astype(np.float32),
-              "terminals": np.arange(n) % length == length - 1, "qpos": rng.standard_normal((n, u._data.qpos.size), np.float32),
-              "qvel": np.zeros((n, u._data.qvel.size), np.float32)}
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.savez(path, **arrays)
-    np.savez(path.replace(".npz", "-val.npz"), **arrays)
-    return path
 
 
 def main() -> None:
@@ -70,8 +33,8 @@ def main() -> None:
     p.add_argument("--out-dir", default="/tmp/bench_online")
     p.add_argument("--json", default=None)
     opts = p.parse_args()
-    data = write_dataset(os.path.join(opts.out_dir, "cube-single-play-v0.npz"))
-    env = {**os.environ, "PYTHONPATH": ROOT, "MUJOCO_GL": "disable"}
+    # 20 episodes of 201 rows of random values with cube-single's dimensions
+    data = synthetic_file(os.path.join(opts.out_dir, "cube-single-play-v0.npz"), "cube-single-singletask-task1-v0", 20 * 201, 201)
     rows = []
     print(f"{'algo':<6} {'size':<6} {'seeds':>5} {'loop steps/s':>13} {'env steps/s, all seeds':>23}")
     for algo in opts.algos:
@@ -83,11 +46,7 @@ def main() -> None:
                         "start_training": 10, "utd_ratio": opts.utd_ratio, "log_interval": 100, "eval_episodes": 0,
                         "checkpoint_interval": 10**9, "actor_hidden_dims": s["hidden"], "value_hidden_dims": s["hidden"],
                         "num_qs": s["num_qs"], "actor_layer_norm": False}
-                out = subprocess.run([sys.executable, "-c", CHILD, algo, json.dumps(args)], capture_output=True, text=True,
-                                     env=env, cwd=ROOT)
-                if out.returncode != 0:
-                    raise RuntimeError(out.stderr[-3000:])
-                rate = json.loads(out.stdout.strip().splitlines()[-1])["env_steps_per_s"]
+                rate = timed(algo, args, phase="online")["steps_per_s"]
                 rows.append({"algo": algo, "size": size, "num_seeds": n, "env_steps_per_s": rate})
                 print(f"{algo:<6} {size:<6} {n:>5} {rate:>13.1f} {rate * n:>23.1f}", flush=True)
     if opts.json:
