@@ -32,9 +32,10 @@ def load(path: str, template: Any = None) -> tuple[Any, dict]:
             tree = serialization.from_state_dict(jax.device_get(template), tree)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
         raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
-    for a, b in zip(jax.tree.leaves(template), jax.tree.leaves(tree), strict=True) if template is not None else ():
-        if np.shape(a) != np.shape(b):
-            raise UserError(f"checkpoint {path} does not match this model: shape {np.shape(b)} vs {np.shape(a)}")
+    if template is not None:
+        for a, b in zip(jax.tree.leaves(template), jax.tree.leaves(tree), strict=True):
+            if np.shape(a) != np.shape(b):
+                raise UserError(f"checkpoint {path} does not match this model: shape {np.shape(b)} vs {np.shape(a)}")
     return tree, meta
 
 
