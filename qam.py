@@ -144,22 +144,22 @@ def sde_schedule(flow_steps: int) -> tuple[jax.Array, jax.Array, float]:
 
 def memoryless_rollout(
     v_ft: VelocityFn, v_base: VelocityFn, obs: jax.Array, x0: jax.Array, eps: jax.Array, flow_steps: int
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Controlled rollout, METHOD (5): memoryless drift b_k = 2 v_ft - x/(t_k+h) (4) plus noise for
-    k = 0..K-2, then one deterministic base step. Returns, all as constants: x_0..x_{K-1} as (K, B, d), x_K,
-    the v_ft(s, x_k, t_k) of k <= K-2 and v_base(s, x_{K-1}, t_{K-1})."""
+    k = 0..K-2, then one deterministic base step. Returns, all as constants: x_0..x_{K-1} as (K, B, d), x_K
+    and v_base(s, x_{K-1}, t_{K-1})."""
     t, g2, h = sde_schedule(flow_steps)
     sg = jax.lax.stop_gradient
 
     def step(x, inp):
         tk, g2k, ek = inp
         vf = v_ft(obs, x, _tcol(tk, x))
-        return x + h * (2.0 * vf - x / (tk + h)) + jnp.sqrt(h * g2k) * ek, (x, vf)
+        return x + h * (2.0 * vf - x / (tk + h)) + jnp.sqrt(h * g2k) * ek, x
 
-    x_last, (xs, vfs) = jax.lax.scan(step, sg(x0), (t[:-1], g2[:-1], eps), unroll=True)  # xs = x_0..x_{K-2}
+    x_last, xs = jax.lax.scan(step, sg(x0), (t[:-1], g2[:-1], eps), unroll=True)  # xs = x_0..x_{K-2}
     vb_last = v_base(obs, x_last, _tcol(t[-1], x_last))
     xs = jnp.concatenate([xs, x_last[None]], axis=0)
-    return sg(xs), sg(x_last + h * vb_last), sg(vfs), sg(vb_last)
+    return sg(xs), sg(x_last + h * vb_last), sg(vb_last)
 
 
 def terminal_adjoint(q: Callable[[jax.Array, jax.Array], jax.Array], obs: jax.Array, x_final: jax.Array, beta) -> jax.Array:
@@ -198,26 +198,28 @@ def lean_adjoint(v_base: VelocityFn, obs: jax.Array, xs: jax.Array, adj_final: j
 
 
 def adjoint_matching(v: Callable[[Any], VelocityFn], policy: Any, base: Any, q: Callable[[jax.Array, jax.Array], jax.Array],
-                     obs: jax.Array, x0: jax.Array, eps: jax.Array, beta, lam_eff, args: Any) -> tuple[jax.Array, jax.Array, dict]:
+                     obs: jax.Array, x0: jax.Array, eps: jax.Array, beta, lam_eff, *, horizon: int,
+                     adjoint: str = "paper") -> tuple[jax.Array, jax.Array, dict]:
     """METHOD (4)-(9) on one batch: the rollout (5) of the frozen policy, the adjoints (6)-(7) against v_base = ``base``
     (the critic ``q`` scaled by ``beta``), the matching loss (8) at ``lam_eff`` (its gradient reaches ``policy`` only)
-    and the path KL (9) per environment step. ``v(params)`` is the velocity field of a flow's parameters."""
+    and the path KL (9) per environment step of a chunk of ``horizon`` steps; ``adjoint`` picks (7) or (7').
+    ``v(params)`` is the velocity field of a flow's parameters; K = len(eps) + 1."""
     sg = jax.lax.stop_gradient
-    K, (B, d) = args.flow_steps, x0.shape
+    K, (B, d) = eps.shape[0] + 1, x0.shape  # K flow steps: K - 1 noisy ones
     v_base = v(base)
-    xs, x_final, _, vb_last = memoryless_rollout(v(sg(policy)), v_base, obs, x0, eps, K)
+    xs, x_final, vb_last = memoryless_rollout(v(sg(policy)), v_base, obs, x0, eps, K)
     adj_final = terminal_adjoint(q, obs, x_final, beta)
-    adjs, vbs = lean_adjoint(v_base, obs, xs, adj_final, K, args.adjoint)
+    adjs, vbs = lean_adjoint(v_base, obs, xs, adj_final, K, adjoint)
     t, g2, h = sde_schedule(K)
     obs_k, t_k = jnp.broadcast_to(obs, (K,) + obs.shape), jnp.broadcast_to(t[:, None, None], (K, B, 1))
-    if args.adjoint == "paper":  # its VJPs ran at t_k + h: v_base(s, x_k, t_k) of k <= K-2 in one batched call
+    if adjoint == "paper":  # its VJPs ran at t_k + h: v_base(s, x_k, t_k) of k <= K-2 in one batched call
         vbs = jnp.concatenate([v_base(obs_k[:-1], xs[:-1], t_k[:-1]), vb_last[None]])
     v_ft = v(policy)(obs_k, xs, t_k)  # all K steps in one batched call: one backward pass over K*B rows
     chex.assert_shape([xs, v_ft, vbs, adjs], (K, B, d))
     dv = v_ft - sg(vbs)
     metrics = {"adj_final_norm": jnp.linalg.norm(adj_final, axis=-1).mean(), "adj_0_norm": jnp.linalg.norm(adjs[0], axis=-1).mean(),
                "action_clip_frac": jnp.mean(jnp.abs(x_final) > 1.0)}
-    return adjoint_matching_loss(dv, sg(adjs), g2, lam_eff), path_kl(sg(dv), g2, h, args.horizon), metrics
+    return adjoint_matching_loss(dv, sg(adjs), g2, lam_eff), path_kl(sg(dv), g2, h, horizon), metrics
 
 
 def adjoint_matching_loss(dv: jax.Array, adj: jax.Array, g2: jax.Array, lam_eff) -> jax.Array:
@@ -232,6 +234,14 @@ def adjoint_matching_loss(dv: jax.Array, adj: jax.Array, g2: jax.Array, lam_eff)
 def path_kl(dv: jax.Array, g2: jax.Array, h: float, horizon: int) -> jax.Array:
     """METHOD (9): E_batch sum_k (2h/g_k^2) ||v_ft - v_base||^2 / H, the path KL per environment step."""
     return jnp.sum((2.0 * h / g2)[:, None, None] * dv**2) / dv.shape[1] / horizon
+
+
+def td_loss(q_pred: jax.Array, q_next: jax.Array, batch: dict, discount: float, horizon: int, rho: float):
+    """METHOD (3): the squared TD error of every member against y = R + gamma^H m_H (mean_i - rho std_i) of the target
+    ensemble at (s'_H, a'), each chunk weighted by its valid_H. ``q_pred`` and ``q_next`` are (N, B). Returns (loss, y)."""
+    chex.assert_equal_shape([q_pred, q_next])
+    y = batch["rewards"] + discount**horizon * batch["masks"] * (q_next.mean(0) - rho * q_next.std(0))
+    return jnp.mean(batch["valid"][:, -1] * (q_pred - jax.lax.stop_gradient(y)) ** 2), y
 
 
 def polyak(params: Any, target: Any, tau: float) -> Any:
@@ -258,8 +268,8 @@ def bc_init(args: RunArgs, nets: Any, obs_dim: int, key: jax.Array) -> BCState:
 def bc_update(args: RunArgs, nets: Any, state: BCState, batch: dict) -> tuple[BCState, dict]:
     """One step of flow matching (2) on a chunk batch: the BC pretraining of every flow algorithm."""
     key, rng = jax.random.split(state.rng)
-    v = lambda p: lambda o, x, t: nets.actor.apply({"params": p}, o, x, t)  # noqa: E731
-    loss_fn = lambda p: bc_flow_loss(v(p), batch["observations"], batch["actions"], batch["valid"][:, -1], key)  # noqa: E731
+    v = lambda p: lambda o, x, t: nets.actor.apply({"params": p}, o, x, t)
+    loss_fn = lambda p: bc_flow_loss(v(p), batch["observations"], batch["actions"], batch["valid"][:, -1], key)
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, opt_state = bc_optimizer(args).update(grads, state.opt_state, state.params)
     return BCState(optax.apply_updates(state.params, updates), opt_state, rng), {"bc_loss": loss}
@@ -267,7 +277,7 @@ def bc_update(args: RunArgs, nets: Any, state: BCState, batch: dict) -> tuple[BC
 
 def flow_act(args: RunArgs, nets: Any, flow: Any, obs: jax.Array, key: jax.Array) -> jax.Array:
     """Acting by (1) with a flow: one chunk for one observation."""
-    v = lambda o, x, t: nets.actor.apply({"params": flow}, o, x, t)  # noqa: E731
+    v = lambda o, x, t: nets.actor.apply({"params": flow}, o, x, t)
     return sample_flow(v, obs, jax.random.normal(key, (nets.actor.action_dim,)), args.flow_steps)
 
 
@@ -297,18 +307,16 @@ def qam_loss(params: dict, state: TrainState, batch: dict, key: jax.Array, args:
     K, d, H = args.flow_steps, nets.actor.action_dim, args.horizon
     obs, B = batch["observations"], batch["observations"].shape[0]
     k_next, k_bc, k_x0, k_eps = jax.random.split(key, 4)
-    v = lambda p: lambda o, x, t: nets.actor.apply({"params": p}, o, x, t)  # noqa: E731
-    q = lambda p: lambda o, a: nets.critic.apply({"params": p}, o, a)  # noqa: E731
+    v = lambda p: lambda o, x, t: nets.actor.apply({"params": p}, o, x, t)
+    q = lambda p: lambda o, a: nets.critic.apply({"params": p}, o, a)
 
     # critic TD loss (3): y = R + gamma^H m_H (mean - rho std) of the target ensemble at s'_H, a' ~ (1)
     next_obs = batch["next_observations"]
     a_next = sample_flow(v(sg(params["policy"])), next_obs, jax.random.normal(k_next, (B, d)), K)
     q_next = q(state.target["critic"])(next_obs, a_next)
-    y = batch["rewards"] + args.discount**H * batch["masks"] * (q_next.mean(0) - args.rho * q_next.std(0))
     q_pred = q(params["critic"])(obs, batch["actions"])
-    chex.assert_equal_shape([q_pred, q_next])  # (N, B)
+    critic_loss, y = td_loss(q_pred, q_next, batch, args.discount, H, args.rho)
     valid_h = batch["valid"][:, -1]
-    critic_loss = jnp.mean(valid_h * (q_pred - sg(y)) ** 2)
 
     # BC flow matching (2) on the base
     bc_loss = bc_flow_loss(v(params["base"]), obs, batch["actions"], valid_h, k_bc)
@@ -316,7 +324,7 @@ def qam_loss(params: dict, state: TrainState, batch: dict, key: jax.Array, args:
     # adjoint matching (4)-(9) against v_base = target_base, beta = args.inv_temp, lambda_eff = 1.0
     am_loss, kl, am_metrics = adjoint_matching(v, params["policy"], state.target["base"], q(state.target["critic"]), obs,
                                                jax.random.normal(k_x0, (B, d)), jax.random.normal(k_eps, (K - 1, B, d)),
-                                               args.inv_temp, 1.0, args)
+                                               args.inv_temp, 1.0, horizon=H, adjoint=args.adjoint)
 
     metrics = {
         "critic_loss": critic_loss, "bc_loss": bc_loss, "am_loss": am_loss, "kl": kl, "q_mean": q_pred.mean(),

@@ -12,8 +12,6 @@ and saves as pretrained.msgpack, so one BC run serves every method of a task and
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -24,10 +22,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # utils/ beside this folder
-
-from utils.args import RunArgs, check, cli, fill_defaults  # noqa: E402
-from utils.runner import Runner  # noqa: E402
+from utils.args import RunArgs, check, cli, fill_defaults
+from utils.runner import Runner
 
 
 # ========================================================================================= Args
@@ -132,8 +128,8 @@ def bc_init(args: RunArgs, nets: Any, obs_dim: int, key: jax.Array) -> BCState:
 def bc_update(args: RunArgs, nets: Any, state: BCState, batch: dict) -> tuple[BCState, dict]:
     """One step of flow matching (2) on a chunk batch: the BC pretraining of every flow algorithm."""
     key, rng = jax.random.split(state.rng)
-    v = lambda p: lambda o, x, t: nets.actor.apply({"params": p}, o, x, t)  # noqa: E731
-    loss_fn = lambda p: bc_flow_loss(v(p), batch["observations"], batch["actions"], batch["valid"][:, -1], key)  # noqa: E731
+    v = lambda p: lambda o, x, t: nets.actor.apply({"params": p}, o, x, t)
+    loss_fn = lambda p: bc_flow_loss(v(p), batch["observations"], batch["actions"], batch["valid"][:, -1], key)
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, opt_state = bc_optimizer(args).update(grads, state.opt_state, state.params)
     return BCState(optax.apply_updates(state.params, updates), opt_state, rng), {"bc_loss": loss}
@@ -141,7 +137,7 @@ def bc_update(args: RunArgs, nets: Any, state: BCState, batch: dict) -> tuple[BC
 
 def flow_act(args: RunArgs, nets: Any, flow: Any, obs: jax.Array, key: jax.Array) -> jax.Array:
     """Acting by (1) with a flow: one chunk for one observation."""
-    v = lambda o, x, t: nets.actor.apply({"params": flow}, o, x, t)  # noqa: E731
+    v = lambda o, x, t: nets.actor.apply({"params": flow}, o, x, t)
     return sample_flow(v, obs, jax.random.normal(key, (nets.actor.action_dim,)), args.flow_steps)
 
 

@@ -14,8 +14,6 @@ method (data, phases, evaluation, checkpoints, resume, the online loop) is utils
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -27,10 +25,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
-
-from utils.args import RunArgs, check, cli, domain_of, fill_defaults, preset  # noqa: E402
-from utils.runner import Runner  # noqa: E402
+from utils.args import RunArgs, check, cli, domain_of, fill_defaults, preset
+from utils.runner import Runner
 
 
 # ========================================================================================= Args
@@ -194,6 +190,14 @@ def steered_action(nets: Networks, policy_params: Any, v_ema: VelocityFn, obs: j
     return sample_flow(v_ema, obs, noise_bound * w, flow_steps)
 
 
+def td_loss(q_pred: jax.Array, q_next: jax.Array, batch: dict, discount: float, horizon: int, rho: float):
+    """METHOD (3): the squared TD error of every member against y = R + gamma^H m_H (mean_i - rho std_i) of the target
+    ensemble at (s'_H, a'), each chunk weighted by its valid_H. ``q_pred`` and ``q_next`` are (N, B). Returns (loss, y)."""
+    chex.assert_equal_shape([q_pred, q_next])
+    y = batch["rewards"] + discount**horizon * batch["masks"] * (q_next.mean(0) - rho * q_next.std(0))
+    return jnp.mean(batch["valid"][:, -1] * (q_pred - jax.lax.stop_gradient(y)) ** 2), y
+
+
 def polyak(params: Any, target: Any, tau: float) -> Any:
     return jax.tree.map(lambda p, tp: tau * p + (1.0 - tau) * tp, params, target)
 
@@ -218,8 +222,8 @@ def bc_init(args: RunArgs, nets: Any, obs_dim: int, key: jax.Array) -> BCState:
 def bc_update(args: RunArgs, nets: Any, state: BCState, batch: dict) -> tuple[BCState, dict]:
     """One step of flow matching (2) on a chunk batch: the BC pretraining of every flow algorithm."""
     key, rng = jax.random.split(state.rng)
-    v = lambda p: lambda o, x, t: nets.actor.apply({"params": p}, o, x, t)  # noqa: E731
-    loss_fn = lambda p: bc_flow_loss(v(p), batch["observations"], batch["actions"], batch["valid"][:, -1], key)  # noqa: E731
+    v = lambda p: lambda o, x, t: nets.actor.apply({"params": p}, o, x, t)
+    loss_fn = lambda p: bc_flow_loss(v(p), batch["observations"], batch["actions"], batch["valid"][:, -1], key)
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, opt_state = bc_optimizer(args).update(grads, state.opt_state, state.params)
     return BCState(optax.apply_updates(state.params, updates), opt_state, rng), {"bc_loss": loss}
@@ -227,7 +231,7 @@ def bc_update(args: RunArgs, nets: Any, state: BCState, batch: dict) -> tuple[BC
 
 def flow_act(args: RunArgs, nets: Any, flow: Any, obs: jax.Array, key: jax.Array) -> jax.Array:
     """Acting by (1) with a flow: one chunk for one observation."""
-    v = lambda o, x, t: nets.actor.apply({"params": flow}, o, x, t)  # noqa: E731
+    v = lambda o, x, t: nets.actor.apply({"params": flow}, o, x, t)
     return sample_flow(v, obs, jax.random.normal(key, (nets.actor.action_dim,)), args.flow_steps)
 
 
@@ -259,19 +263,17 @@ def loss(params: dict, state: TrainState, batch: dict, key: jax.Array, args: Arg
     K, d, H, c = args.flow_steps, nets.actor.action_dim, args.horizon, args.noise_bound
     obs, B = batch["observations"], batch["observations"].shape[0]
     k_next, k_z, k_bc, k_pi = jax.random.split(key, 4)
-    v = lambda p: lambda o, x, t: nets.actor.apply({"params": p}, o, x, t)  # noqa: E731
-    q = lambda p: lambda o, a: nets.critic.apply({"params": p}, o, a)  # noqa: E731
+    v = lambda p: lambda o, x, t: nets.actor.apply({"params": p}, o, x, t)
+    q = lambda p: lambda o, a: nets.critic.apply({"params": p}, o, a)
     v_ema = v(state.target["flow"])  # A(s, w) = ODE_vbar(s, w)
 
     # 1. critic TD loss (3): y = R + gamma^H m_H (mean - rho std) of the target ensemble at s'_H, a' = A(s'_H, c w')
     next_obs = batch["next_observations"]
     a_next = steered_action(nets, sg(params["noise_policy"]), v_ema, next_obs, k_next, c, K)
     q_next = q(state.target["critic"])(next_obs, a_next)
-    y = batch["rewards"] + args.discount**H * batch["masks"] * (q_next.mean(0) - args.rho * q_next.std(0))
     q_pred = q(params["critic"])(obs, batch["actions"])
-    chex.assert_equal_shape([q_pred, q_next])  # (N, B)
+    critic_loss, y = td_loss(q_pred, q_next, batch, args.discount, H, args.rho)
     valid_h = batch["valid"][:, -1]
-    critic_loss = jnp.mean(valid_h * (q_pred - sg(y)) ** 2)
 
     # 2. noise critic: Q^z_i(s, z) regresses sg Q_i(s, A(s, z)), member by member, online critic, z ~ N(0, I) not scaled by c
     z = jax.random.normal(k_z, (B, d))
@@ -313,7 +315,7 @@ def update(args: Args, nets: Networks, state: TrainState, batch: dict) -> tuple[
 
 def act(args: Args, nets: Networks, state: TrainState, obs: jax.Array, key: jax.Array) -> jax.Array:
     """w ~ pi_psi(. | s), a = ODE_vbar(s, c w): one chunk for one observation."""
-    v_ema = lambda o, x, t: nets.actor.apply({"params": state.target["flow"]}, o, x, t)  # noqa: E731
+    v_ema = lambda o, x, t: nets.actor.apply({"params": state.target["flow"]}, o, x, t)
     return steered_action(nets, state.params["noise_policy"], v_ema, obs, key, args.noise_bound, args.flow_steps)
 
 
@@ -328,7 +330,7 @@ def main(args: Args) -> list[dict]:
     step, actor = partial(update, args, nets), partial(act, args, nets)
     state = run.offline(partial(init_state, args, nets, run.obs_dim), flow, step, actor)
     state = run.online(state, step, actor)
-    extra = lambda s: {"noise_bound": jnp.float32(args.noise_bound), "alpha": nets.alpha.apply({"params": s.params["alpha"]})}  # noqa: E731
+    extra = lambda s: {"noise_bound": jnp.float32(args.noise_bound), "alpha": nets.alpha.apply({"params": s.params["alpha"]})}
     return run.finish(state, extra)
 
 

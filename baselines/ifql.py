@@ -19,8 +19,6 @@ weights either way.
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -32,10 +30,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
-
-from utils.args import RunArgs, check, cli, domain_of, fill_defaults, preset  # noqa: E402
-from utils.runner import Runner  # noqa: E402
+from utils.args import RunArgs, check, cli, domain_of, fill_defaults, preset
+from utils.runner import Runner
 
 
 # ========================================================================================= Args
@@ -189,8 +185,8 @@ def bc_init(args: RunArgs, nets: Any, obs_dim: int, key: jax.Array) -> BCState:
 def bc_update(args: RunArgs, nets: Any, state: BCState, batch: dict) -> tuple[BCState, dict]:
     """One step of flow matching (2) on a chunk batch: the BC pretraining of every flow algorithm."""
     key, rng = jax.random.split(state.rng)
-    v = lambda p: lambda o, x, t: nets.actor.apply({"params": p}, o, x, t)  # noqa: E731
-    loss_fn = lambda p: bc_flow_loss(v(p), batch["observations"], batch["actions"], batch["valid"][:, -1], key)  # noqa: E731
+    v = lambda p: lambda o, x, t: nets.actor.apply({"params": p}, o, x, t)
+    loss_fn = lambda p: bc_flow_loss(v(p), batch["observations"], batch["actions"], batch["valid"][:, -1], key)
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, opt_state = bc_optimizer(args).update(grads, state.opt_state, state.params)
     return BCState(optax.apply_updates(state.params, updates), opt_state, rng), {"bc_loss": loss}
@@ -198,7 +194,7 @@ def bc_update(args: RunArgs, nets: Any, state: BCState, batch: dict) -> tuple[BC
 
 def flow_act(args: RunArgs, nets: Any, flow: Any, obs: jax.Array, key: jax.Array) -> jax.Array:
     """Acting by (1) with a flow: one chunk for one observation."""
-    v = lambda o, x, t: nets.actor.apply({"params": flow}, o, x, t)  # noqa: E731
+    v = lambda o, x, t: nets.actor.apply({"params": flow}, o, x, t)
     return sample_flow(v, obs, jax.random.normal(key, (nets.actor.action_dim,)), args.flow_steps)
 
 
@@ -227,9 +223,9 @@ def loss(params: dict, state: TrainState, batch: dict, key: jax.Array, args: Arg
     """L_V (expectile of the target critic) + L_Q (bootstrapped from V) + FM(v_beta) (2), BASELINES 4."""
     sg = jax.lax.stop_gradient
     obs, actions, H = batch["observations"], batch["actions"], args.horizon
-    v = lambda p: lambda o, x, t: nets.actor.apply({"params": p}, o, x, t)  # noqa: E731
-    q = lambda p: lambda o, a: nets.critic.apply({"params": p}, o, a)  # noqa: E731
-    value = lambda p: lambda o: nets.value.apply({"params": p}, o)  # noqa: E731
+    v = lambda p: lambda o, x, t: nets.actor.apply({"params": p}, o, x, t)
+    q = lambda p: lambda o, a: nets.critic.apply({"params": p}, o, a)
+    value = lambda p: lambda o: nets.value.apply({"params": p}, o)
 
     # value: expectile regression of V(s) on q = mean - rho std of the target ensemble at the dataset chunk
     q_target = q(state.target["critic"])(obs, actions)
@@ -268,7 +264,7 @@ def act(args: Args, nets: Networks, state: TrainState, obs: jax.Array, key: jax.
     """--num-samples chunks a_n = ODE_v_beta(s, z_n) by (1), the best under min_i Q_i (online critic), for one observation."""
     n, d = args.num_samples, nets.actor.action_dim
     obs_n = jnp.broadcast_to(obs, (n,) + obs.shape)
-    v = lambda o, x, t: nets.actor.apply({"params": state.params["flow"]}, o, x, t)  # noqa: E731
+    v = lambda o, x, t: nets.actor.apply({"params": state.params["flow"]}, o, x, t)
     chunks = sample_flow(v, obs_n, jax.random.normal(key, (n, d)), args.flow_steps)
     return best_of_n(nets.critic.apply({"params": state.params["critic"]}, obs_n, chunks), chunks)
 

@@ -13,8 +13,6 @@ phases, evaluation, checkpoints, resume, the online loop) is utils/runner.py.
 
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple, Optional
@@ -25,10 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
-
-from utils.args import RunArgs, check, cli, domain_of, fill_defaults, preset  # noqa: E402
-from utils.runner import Runner  # noqa: E402
+from utils.args import RunArgs, check, cli, domain_of, fill_defaults, preset
+from utils.runner import Runner
 
 
 # ========================================================================================= Args
@@ -144,6 +140,14 @@ def rebrac_actor_loss(qs: jax.Array, pi_a: jax.Array, data_a: jax.Array, weight:
     return -jnp.mean(lam * q_p) + alpha * bc, lam, bc
 
 
+def td_loss(q_pred: jax.Array, q_next: jax.Array, batch: dict, discount: float, horizon: int, rho: float):
+    """METHOD (3): the squared TD error of every member against y = R + gamma^H m_H (mean_i - rho std_i) of the target
+    ensemble at (s'_H, a'), each chunk weighted by its valid_H. ``q_pred`` and ``q_next`` are (N, B). Returns (loss, y)."""
+    chex.assert_equal_shape([q_pred, q_next])
+    y = batch["rewards"] + discount**horizon * batch["masks"] * (q_next.mean(0) - rho * q_next.std(0))
+    return jnp.mean(batch["valid"][:, -1] * (q_pred - jax.lax.stop_gradient(y)) ** 2), y
+
+
 def polyak(params: Any, target: Any, tau: float) -> Any:
     return jax.tree.map(lambda p, tp: tau * p + (1.0 - tau) * tp, params, target)
 
@@ -173,18 +177,16 @@ def loss(params: dict, state: TrainState, batch: dict, key: jax.Array, args: Arg
     """L_Q (3) with a' = clip(pibar(s'_H) + clip(sigma_n eps, +-0.5)) from the target actor, + L_pi."""
     sg = jax.lax.stop_gradient
     obs, actions, H = batch["observations"], batch["actions"], args.horizon
-    pi = lambda p: lambda o: nets.actor.apply({"params": p}, o)  # noqa: E731
-    q = lambda p: lambda o, a: nets.critic.apply({"params": p}, o, a)  # noqa: E731
+    pi = lambda p: lambda o: nets.actor.apply({"params": p}, o)
+    q = lambda p: lambda o, a: nets.critic.apply({"params": p}, o, a)
 
     # critic TD loss (3) at the target actor's smoothed next chunk
     next_obs = batch["next_observations"]
     a_next = smoothed(pi(state.target["actor"])(next_obs), jax.random.normal(key, actions.shape), args.actor_noise)
     q_next = q(state.target["critic"])(next_obs, a_next)
-    y = batch["rewards"] + args.discount**H * batch["masks"] * (q_next.mean(0) - args.rho * q_next.std(0))
     q_pred = q(params["critic"])(obs, actions)
-    chex.assert_equal_shape([q_pred, q_next])  # (N, B)
+    critic_loss, y = td_loss(q_pred, q_next, batch, args.discount, H, args.rho)
     valid_h = batch["valid"][:, -1]
-    critic_loss = jnp.mean(valid_h * (q_pred - sg(y)) ** 2)
 
     # actor: the normalised pessimistic Q of pi(s) under the online critic (constants) + the BC penalty
     pi_a = pi(params["actor"])(obs)

@@ -24,9 +24,9 @@ episode (replayed and rendered offscreen by a worker after the episodes; MUJOCO_
 set of this process before the Evaluator (JAX and the compiled policy), then, after two runs, the peak
 resident set (VmHWM) of this process and of each worker, and their sum.
 
-    PYTHONPATH=. python benchmarks/bench_eval.py --json /tmp/bench_eval.json
-    PYTHONPATH=. python benchmarks/bench_eval.py --envs cube-double-play --workers 0 2 8 16
-    PYTHONPATH=. python benchmarks/bench_eval.py --envs cube-double-play --memory --workers 2
+    python benchmarks/bench_eval.py --json /tmp/bench_eval.json
+    python benchmarks/bench_eval.py --envs cube-double-play --workers 0 2 8 16
+    python benchmarks/bench_eval.py --envs cube-double-play --memory --workers 2
 """
 
 from __future__ import annotations
@@ -42,13 +42,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
-
-import bench_update  # noqa: E402  (same folder)
-
-import trqam  # noqa: E402
-from utils import evaluate as evallib  # noqa: E402
-from utils.data import full_env_name, make_env  # noqa: E402
+import trqam
+from benchmarks import bench_update
+from utils import evaluate as evallib
+from utils.data import full_env_name, make_env
 
 warnings.filterwarnings("ignore", message=".*precision lowered.*")  # gymnasium's Box dtype notes, once per env
 
@@ -156,7 +153,7 @@ def main() -> None:
         seeds = [[100_000 * i + e for e in range(E)] for i in range(N)]
         act_one(params[0], jnp.zeros(obs_dim), 0, 0, 0).block_until_ready()  # compile outside the timings
         act_all(stacked, jnp.zeros((N, E, obs_dim)), 0).block_until_ready()
-        policy = lambda obs, c: np.asarray(act_all(stacked, obs, c))  # noqa: E731
+        policy = lambda obs, c: np.asarray(act_all(stacked, obs, c))
         if opts.memory:
             report["envs"][env_name] = mem = memory(env_name, policy, seeds, opts.workers[0], opts.max_envs, opts.max_episode_steps)
             print(f"{env_name}: {N} x {E} episodes, {mem['envs']} envs, workers={mem['workers']}: this process "

@@ -9,7 +9,7 @@ bytes of live JAX arrays ("device bytes"; on a CPU they are host memory too) and
 log row (compilation and the first load excluded). The targets: both peaks within 2.5x, and updates/s within
 10%, of the one-shard run.
 
-    PYTHONPATH=. python benchmarks/bench_memory.py --out-dir /tmp/bench_mem --json /tmp/mem.json
+    python benchmarks/bench_memory.py --out-dir /tmp/bench_mem --json /tmp/mem.json
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import json
 import os
 import time
 
-from training_run import synthetic_file, timed  # benchmarks/ (this script's directory)
+from benchmarks.training_run import synthetic_file, timed
 
 NAME, ENV = "cube-double-play-v0", "cube-double-singletask-task1-v0"  # obs 37, action 5, qpos 28, qvel 26
 EPISODE = 1001

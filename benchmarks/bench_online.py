@@ -9,7 +9,7 @@ train.csv row (``--log-interval`` env steps apart), so compilation and the first
 
 Sizes: ``paper`` = MLPs 4x512, 10 critics; ``small`` = 2x128, 2 critics; batch 256, 10 flow steps, chunk 5.
 
-    PYTHONPATH=. python benchmarks/bench_online.py --sizes small --num-seeds 1 4 --json /tmp/online.json
+    python benchmarks/bench_online.py --sizes small --num-seeds 1 4 --json /tmp/online.json
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import argparse
 import json
 import os
 
-from training_run import synthetic_file, timed  # benchmarks/ (this script's directory)
+from benchmarks.training_run import synthetic_file, timed
 
 SIZES = {"paper": {"hidden": [512] * 4, "num_qs": 10}, "small": {"hidden": [128, 128], "num_qs": 2}}
 

@@ -21,8 +21,8 @@ time per update (all threads; hardly moved by other processes on the cores), com
 block, matmul GFLOP per update (counted on the jaxpr, scan bodies times their length) and its share
 of a float32 matmul peak measured in the same run.
 
-    PYTHONPATH=. python benchmarks/bench_update.py --json /tmp/bench.json
-    PYTHONPATH=. python benchmarks/bench_update.py --sizes small --algos trqam --num-seeds 1 4 --peer /tmp/peer-trqam \\
+    python benchmarks/bench_update.py --json /tmp/bench.json
+    python benchmarks/bench_update.py --sizes small --algos trqam --num-seeds 1 4 --peer /tmp/peer-trqam \\
         --peer-python /tmp/peer-venv/bin/python
 """
 
@@ -50,12 +50,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # run from anywhere
+from utils import data as datalib
+from utils.data import sample_chunks
+from utils.runner import make_block
 
-from utils import data as datalib  # noqa: E402
-from utils.data import sample_chunks  # noqa: E402
-from utils.runner import make_block  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Algorithm name -> module. Every baselines/NAME.py that defines the runner contract's ``update`` joins by itself.
 ALGOS = {"trqam": "trqam", "qam": "qam"}

@@ -43,7 +43,7 @@ def synthetic_file(path: str, env_name: str, rows: int, episode_len: int, seed: 
 def timed(module: str, args: dict, phase: str, memory: bool = False) -> dict[str, float]:
     """Run ``module``'s pipeline with ``args`` in a fresh process: {"steps_per_s"} over ``phase``'s train.csv rows,
     plus {"peak_rss_bytes", "peak_device_bytes"} with ``memory``."""
-    env = {**os.environ, "PYTHONPATH": ROOT, "MUJOCO_GL": "disable"}
+    env = {**os.environ, "MUJOCO_GL": "disable"}
     out = subprocess.run([sys.executable, os.path.abspath(__file__), module, json.dumps(args), phase, str(int(memory))],
                          capture_output=True, text=True, env=env, cwd=ROOT)
     if out.returncode != 0:

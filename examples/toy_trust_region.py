@@ -25,7 +25,7 @@ moves lambda slowly compared with the policy and the loop settles. On a unit-sca
 lambda_min and ~0.3 with the path KL swinging around the budget. QAM's beta = 30 is ~150x TRQAM's
 converged inverse temperature 1/lambda_eff ~ 0.2.
 
-    PYTHONPATH=. python examples/toy_trust_region.py --out runs/toy
+    python examples/toy_trust_region.py --out runs/toy
 
 writes ``summary.json`` (flat dotted keys) and ``toy_trust_region.png`` into ``--out``. With the
 defaults (about 15-30 s on 2 CPU cores) TRQAM's final path KL lands within ~10% of the budget,
@@ -39,7 +39,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -51,13 +50,8 @@ import numpy as np
 import optax
 import tyro
 
-# make ``python examples/toy_trust_region.py`` work from the repository root without PYTHONPATH
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-import qam  # noqa: E402
-import trqam  # noqa: E402
+import qam
+import trqam
 
 OBS_DIM = 2
 ACT_DIM = 2  # A = 2, H = 1, d = 2
@@ -188,7 +182,7 @@ def pretrain(cfg: Config, net, data: jax.Array, key: jax.Array) -> tuple[dict, j
             batch = data[jax.random.randint(k_b, (B,), 0, data.shape[0])]
 
             def loss_fn(p):
-                v = lambda o, x, t: net.apply({"params": p}, o, x, t)  # noqa: E731
+                v = lambda o, x, t: net.apply({"params": p}, o, x, t)
                 return trqam.bc_flow_loss(v, obs, batch, weight, k_l)
 
             loss, g = jax.value_and_grad(loss_fn)(params)
@@ -215,7 +209,6 @@ def finetune(cfg: Config, net, base: dict, key: jax.Array, algo: str):
     dual_args = trqam.Args(lam_init=cfg.lam_init, lam_lr=cfg.lam_lr, lam_scale=cfg.lam_scale)
     beta = 1.0 if algo == "trqam" else cfg.qam_inv_temp
     obs = jnp.zeros((B, OBS_DIM))
-    am_args = dataclasses.replace(dual_args, flow_steps=K, horizon=HORIZON, adjoint=cfg.adjoint)
 
     def v(p):
         return lambda o, x, tt: net.apply({"params": p}, o, x, tt)
@@ -229,7 +222,8 @@ def finetune(cfg: Config, net, base: dict, key: jax.Array, algo: str):
         lam_eff = cfg.lam_scale * lam if algo == "trqam" else 1.0
 
         def loss_fn(p):  # (4)-(9) exactly as the algorithm files compute them; the base is frozen (the critic is given)
-            am_loss, kl, _ = mod.adjoint_matching(v, p, base, critic, obs, x0, eps, beta, lam_eff, am_args)
+            am_loss, kl, _ = mod.adjoint_matching(v, p, base, critic, obs, x0, eps, beta, lam_eff, horizon=HORIZON,
+                                                 adjoint=cfg.adjoint)
             return am_loss, kl
 
         (loss, kl), g = jax.value_and_grad(loss_fn, has_aux=True)(params)

@@ -66,7 +66,7 @@ def _append_jsonl(path: str, row: dict) -> None:
 
 def child_env(extra: dict[str, str], num_gpus: float) -> dict[str, str]:
     """The worker's environment (Ray's CUDA_VISIBLE_DEVICES, OMP_NUM_THREADS) + the driver's forwarded variables."""
-    env = {**os.environ, **extra, "PYTHONPATH": ROOT}
+    env = {**os.environ, **extra}
     if num_gpus <= 0:
         env.setdefault("JAX_PLATFORMS", "cpu")
     elif num_gpus < 1:  # several runs share one GPU: each preallocates only its share

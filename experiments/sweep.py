@@ -21,7 +21,7 @@ import sys
 import time
 
 from experiments import plan
-from experiments.runner import ROOT, RunCrashed, run_job
+from experiments.runner import RunCrashed, run_job
 from utils.errors import UserError
 
 # the driver's settings that the runs should see wherever Ray places them (JAX_COMPILATION_CACHE_DIR: runs of the
@@ -97,8 +97,7 @@ def connect(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     try:
-        ray.init(address=resolved, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-                 runtime_env={"env_vars": {"PYTHONPATH": ROOT}})
+        ray.init(address=resolved, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError, ray.exceptions.RayError) as e:
         if resolved is None:
             raise

@@ -13,7 +13,7 @@ import numpy as np
 from flax import serialization
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "PYTHONPATH": ROOT, "MUJOCO_GL": "disable", "JAX_PLATFORMS": "cpu"}
+ENV = {**os.environ, "MUJOCO_GL": "disable", "JAX_PLATFORMS": "cpu"}
 TINY = ["--env-id", "cube-single-play", "--actor-hidden-dims", "32", "32", "--value-hidden-dims", "32", "32",
         "--num-qs", "2", "--batch-size", "16", "--flow-steps", "4", "--eval-workers", "0"]
 

@@ -127,7 +127,7 @@ def test_temperature_loss_sign_and_scale():
     log_alpha = jnp.float32(np.log(0.5))
     for entropy, rises in ((-D, True), (0.0, False)):  # target -3: entropy -6 is below it, 0 above
         log_prob = jnp.full((8,), -entropy, jnp.float32)
-        f = lambda la, lp: dsrl.temperature_loss(jnp.exp(la), lp, dsrl.target_entropy(D))  # noqa: E731
+        f = lambda la, lp: dsrl.temperature_loss(jnp.exp(la), lp, dsrl.target_entropy(D))
         assert float(f(log_alpha, log_prob)) == pytest.approx(0.5 * (entropy + 0.5 * D))
         g_alpha, g_logp = jax.grad(f, argnums=(0, 1))(log_alpha, log_prob)
         assert (float(g_alpha) < 0) == rises  # descent: log alpha - lr * g
@@ -138,9 +138,9 @@ def hand_losses(args, nets, state, batch, key):
     """Every DSRL loss recomputed from docs/BASELINES.md section 3 with the same random draws as dsrl.loss."""
     k_next, k_z, _, k_pi = jax.random.split(key, 4)
     p, obs, B = state.params, batch["observations"], batch["observations"].shape[0]
-    v_ema = lambda o, x, t: nets.actor.apply({"params": state.target["flow"]}, o, x, t)  # noqa: E731
-    q = lambda prm, o, a: nets.critic.apply({"params": prm}, o, a)  # noqa: E731
-    pi = lambda o: nets.noise_policy.apply({"params": p["noise_policy"]}, o)  # noqa: E731
+    v_ema = lambda o, x, t: nets.actor.apply({"params": state.target["flow"]}, o, x, t)
+    q = lambda prm, o, a: nets.critic.apply({"params": prm}, o, a)
+    pi = lambda o: nets.noise_policy.apply({"params": p["noise_policy"]}, o)
     alpha = float(np.exp(p["alpha"]["log_value"]))
     # TD: a' = ODE_vbar(s', c tanh(u')), u' ~ pi_psi(. | s')
     m, ls = pi(batch["next_observations"])
@@ -171,8 +171,8 @@ def test_losses_by_hand(setup):
     for k in ("critic_loss", "z_loss", "actor_loss", "alpha_loss"):
         assert float(m[k]) == pytest.approx(float(ref[k]), rel=1e-4, abs=1e-5), k
     obs, p, K = batch["observations"], state.params, args.flow_steps
-    q = lambda prm, o, a: nets.critic.apply({"params": prm}, o, a)  # noqa: E731
-    v = lambda prm: lambda o, x, t: nets.actor.apply({"params": prm}, o, x, t)  # noqa: E731
+    q = lambda prm, o, a: nets.critic.apply({"params": prm}, o, a)
+    v = lambda prm: lambda o, x, t: nets.actor.apply({"params": prm}, o, x, t)
     z, ema, flow = ref["z"], state.target["flow"], p["flow"]
 
     def z_loss(z_in, critic, flow_params, member_mean=False):
@@ -202,7 +202,7 @@ def test_gradients_stop_where_the_spec_says(setup):
 
     @jax.jit
     def all_grads(p):
-        term = lambda t: lambda p: dsrl.loss(p, state, batch, key, args, nets)[1][t]  # noqa: E731
+        term = lambda t: lambda p: dsrl.loss(p, state, batch, key, args, nets)[1][t]
         return jax.grad(lambda p: dsrl.loss(p, state, batch, key, args, nets)[0])(p), {t: jax.grad(term(t))(p) for t in only_from.values()}
 
     grads, per_term = all_grads(state.params)
@@ -218,7 +218,7 @@ def test_act_samples_noise_and_steers_the_ema_flow(setup):
     a = dsrl.act(args, nets, state, obs, key)
     m, ls = nets.noise_policy.apply({"params": state.params["noise_policy"]}, obs)
     w = jnp.tanh(m + jnp.exp(ls) * jax.random.normal(key, m.shape))  # a sample, not the mode tanh(m)
-    v_ema = lambda o, x, t: nets.actor.apply({"params": state.target["flow"]}, o, x, t)  # noqa: E731
+    v_ema = lambda o, x, t: nets.actor.apply({"params": state.target["flow"]}, o, x, t)
     np.testing.assert_allclose(a, dsrl.sample_flow(v_ema, obs, C * w, args.flow_steps), rtol=1e-5, atol=1e-6)
     assert a.shape == (D,) and not np.allclose(a, dsrl.sample_flow(v_ema, obs, C * jnp.tanh(m), args.flow_steps))
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 from conftest import write_random_dataset
-from helpers import ROOT, assert_trees_equal, last_checkpoint, read_csv
+from helpers import assert_trees_equal, last_checkpoint, read_csv
 
 from experiments import plan, report, results, runner, sweep
 
@@ -50,8 +50,7 @@ def ray_cluster(tmp_path_factory):
 
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-             runtime_env={"env_vars": {"PYTHONPATH": ROOT}})
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
         mp.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")

@@ -35,7 +35,7 @@ def _load(path: str) -> dict[str, np.ndarray]:
 
 
 def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = dict(os.environ)
     return subprocess.run(
         [sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
@@ -344,7 +344,7 @@ def test_killed_cli_run_resumes_to_identical_output(gen_sharded, tmp_path):
         str(out),
         "--no-progress",
     ]
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = dict(os.environ)
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )

@@ -24,8 +24,8 @@ def reference_loss(params, state, batch, key, args, nets, beta, lam_eff):
     sg = jax.lax.stop_gradient
     obs, d, h = batch["observations"], nets.actor.action_dim, 1.0 / K
     k_next, k_bc, k_x0, k_eps = jax.random.split(key, 4)
-    v = lambda p: lambda o, x, t: nets.actor.apply({"params": p}, o, x, jnp.full(x.shape[:-1] + (1,), t))  # noqa: E731
-    q = lambda p: lambda o, a: nets.critic.apply({"params": p}, o, a)  # noqa: E731
+    v = lambda p: lambda o, x, t: nets.actor.apply({"params": p}, o, x, jnp.full(x.shape[:-1] + (1,), t))
+    q = lambda p: lambda o, a: nets.critic.apply({"params": p}, o, a)
     g2 = [2.0 * (1.0 - k * h + h) / (k * h + h) for k in range(K)]
 
     # (1) and (3): a' by Euler with the (frozen) policy, the pessimistic target of the target ensemble
@@ -59,11 +59,11 @@ def reference_loss(params, state, batch, key, args, nets, beta, lam_eff):
     adjs = [None] * K
     for k in reversed(range(K)):
         if args.adjoint == "paper":
-            drift = lambda x, k=k: 2 * v_base(obs, x, k * h + h) - x / (k * h + h)  # noqa: E731
+            drift = lambda x, k=k: 2 * v_base(obs, x, k * h + h) - x / (k * h + h)
         elif k < K - 1:
-            drift = lambda x, k=k: 2 * v_base(obs, x, k * h) - x / (k * h + h)  # noqa: E731
+            drift = lambda x, k=k: 2 * v_base(obs, x, k * h) - x / (k * h + h)
         else:
-            drift = lambda x, k=k: v_base(obs, x, k * h)  # noqa: E731
+            drift = lambda x, k=k: v_base(obs, x, k * h)
         adj = adj + h * jax.vjp(drift, xs[k])[1](adj)[0]
         adjs[k] = adj
 
@@ -87,7 +87,7 @@ def setup(module, adjoint):
     def make():
         flow = module.bc_init(args, nets, OBS, jax.random.PRNGKey(1)).params
         state = module.init_state(args, nets, OBS, jax.random.PRNGKey(0), flow)
-        noise = lambda i, p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(i), p.shape)  # noqa: E731
+        noise = lambda i, p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(i), p.shape)
         # policy away from the base, base away from its target, critic away from its target: every term is live
         params = {"policy": jax.tree.map(lambda p: noise(2, p), flow), "base": jax.tree.map(lambda p: noise(3, p), flow),
                   "critic": jax.tree.map(lambda p: noise(4, p), state.params["critic"])}

@@ -124,7 +124,7 @@ def test_qam_part_equals_qam_py(setup):
     batch, key = make_batch(1), jax.random.PRNGKey(9)
     for adjoint in ("paper", "exact"):
         a, qa = tiny(qam_e, adjoint=adjoint)[0], tiny(qam, adjoint=adjoint)[0]
-        grad = lambda f: jax.jit(jax.value_and_grad(f, has_aux=True))  # noqa: E731
+        grad = lambda f: jax.jit(jax.value_and_grad(f, has_aux=True))
         (_, m), g = grad(lambda p, a=a: qam_e.loss(p, state, batch, key, a, nets))(state.params)
         (_, qm), qg = grad(lambda p, a=qa: qam.qam_loss(p, qstate, batch, key, a, qnets))(qstate.params)
         for k in ("am_loss", "kl", "bc_loss", "adj_final_norm", "adj_0_norm", "action_clip_frac"):
@@ -149,8 +149,8 @@ def test_edit_and_td_losses_by_hand(setup):
     batch, key = make_batch(2), jax.random.PRNGKey(3)
     _, m = jax.jit(lambda p: qam_e.loss(p, state, batch, key, args, nets))(state.params)
     p, obs, B, K = state.params, batch["observations"], batch["observations"].shape[0], args.flow_steps
-    q = lambda prm, o, a: nets.critic.apply({"params": prm}, o, a)  # noqa: E731
-    v = lambda o, x, t: nets.actor.apply({"params": p["policy"]}, o, x, t)  # noqa: E731
+    q = lambda prm, o, a: nets.critic.apply({"params": prm}, o, a)
+    v = lambda o, x, t: nets.actor.apply({"params": p["policy"]}, o, x, t)
     k_next, *_, k_edit = jax.random.split(key, 5)
     k_z, k_e = jax.random.split(k_edit)
     a_flow = qam_e.sample_flow(v, obs, jax.random.normal(k_z, (B, D)), K)

@@ -69,7 +69,7 @@ def args_for(dataset: str, run_dir: str, **kw) -> RunArgs:
 
 def pipeline(args: RunArgs, nan_at: int = -1) -> tuple[Runner, Toy]:
     run = Runner(args, "toy")
-    update = lambda s, b: toy_update(s, b, nan_at)  # noqa: E731
+    update = lambda s, b: toy_update(s, b, nan_at)
     flow = run.bc_stage(bc_init, bc_update, toy_act) if args.pretrain_steps or args.pretrained_path else None
     state = run.offline(toy_init, flow, update, toy_act)
     state = run.online(state, update, toy_act)

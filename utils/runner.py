@@ -363,7 +363,7 @@ class Runner:
             rows = {k: rows[k].at[:, t].set(new[k]) for k in rows}
             if n_updates == 0:
                 return carry, rows, acc
-            sample = lambda r, k: online.sample(data, size, r, t + 1, k, a.batch_size, a.horizon, a.discount, a.balanced_sampling)  # noqa: E731
+            sample = lambda r, k: online.sample(data, size, r, t + 1, k, a.batch_size, a.horizon, a.discount, a.balanced_sampling)
             carry, ms = scan_updates(update, n_updates, carry, sample, rows)
             acc = {k: acc[k] + (n_updates if k == "updates" else ms[k].sum(0)) for k in acc}
             return carry, rows, acc
