@@ -19,74 +19,18 @@ import os
 import re
 import sys
 import warnings
-import zipfile
-import zlib
 
 import numpy as np
 
 from utils.errors import UserError
+from utils.files import open_npz
 
-REQUIRED_KEYS = ("observations", "actions", "terminals")
 SUCCESS_KEYS = ("qpos", "button_states")
 DOMAIN_RE = re.compile(
     r"^(?:visual-)?((?:cube-(?:single|double|triple|quadruple|octuple))|scene|puzzle-\dx\d|"
     r"(?:ant|humanoid|point)maze-(?:medium|large|giant|teleport|arena)|antsoccer-(?:arena|medium))"
     r"-(play|noisy|navigate|stitch|explore)(?:-[0-9]+[mk])?-v0"
 )
-
-
-def open_npz(path: str, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
-    """Load every array of an OGBench ``.npz`` (or only ``keys``) and validate it.
-
-    Decompresses fully, so truncation and CRC damage surface here. Raises ``UserError`` with a
-    one-line message naming the file when it is missing, not a valid npz (bad zip, truncated,
-    pickled objects), lacks ``observations/actions/terminals``, or has inconsistent row counts.
-    """
-    if not os.path.exists(path):
-        raise UserError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise UserError(f"{path}: is a directory, expected an .npz file")
-    try:
-        obj = np.load(path, allow_pickle=False)
-        if not isinstance(obj, np.lib.npyio.NpzFile):
-            raise UserError(f"{path}: a single .npy array, not an .npz dataset archive")
-        with obj as z:
-            names = list(z.files)
-            missing = [k for k in REQUIRED_KEYS if k not in names]
-            if missing:
-                raise UserError(f"{path}: not an OGBench dataset file: missing key(s) {', '.join(missing)}")
-            wanted = names if keys is None else [k for k in names if k in keys or k in REQUIRED_KEYS]
-            data = {k: z[k] for k in wanted}
-            odd = [k for k, v in data.items() if not isinstance(v, np.ndarray)]
-            if odd:
-                raise UserError(f"{path}: member(s) {', '.join(odd)} are not .npy arrays")
-    except UserError:
-        raise
-    except zipfile.BadZipFile as e:
-        raise UserError(f"{path}: corrupt or truncated npz file ({_short(e)})") from None
-    except (EOFError, zlib.error) as e:
-        raise UserError(f"{path}: truncated or corrupt npz file ({_short(e)})") from None
-    except ValueError as e:
-        raise UserError(f"{path}: unreadable npz file ({_short(e)})") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read npz file ({_short(e)})") from None
-    n = data["terminals"].shape[0] if data["terminals"].ndim == 1 else -1
-    if n < 0:
-        raise UserError(f"{path}: 'terminals' must be 1-D, got shape {data['terminals'].shape}")
-    for k, v in data.items():
-        if k.startswith("_"):
-            continue
-        if v.ndim == 0 or v.shape[0] != n:
-            raise UserError(f"{path}: key '{k}' has shape {v.shape} but 'terminals' has {n} rows")
-    for k in ("observations", "actions"):
-        if data[k].ndim < 2:
-            raise UserError(f"{path}: key '{k}' must be at least 2-D, got shape {data[k].shape}")
-    return data
-
-
-def _short(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()
-    return (msg[0] if msg else type(e).__name__)[:200]
 
 
 def dataset_files(path: str) -> tuple[list[str], str | None]:

@@ -18,6 +18,7 @@ import os
 import shlex
 from dataclasses import dataclass, field
 
+from datagen.recipe import MANIP_DOMAINS
 from experiments.runner import CMD_FILE, ROOT
 from utils.errors import UserError
 
@@ -196,7 +197,7 @@ def build_plan(o, extras: list[str]) -> list[Job]:
         dataset, domain, exists = dataset_location(env, data_dir)
         gen_deps: list[str] = []
         if not exists:
-            if domain not in datalib.MANIP_DOMAINS:
+            if domain not in MANIP_DOMAINS:
                 raise UserError(f"no dataset for {env} in {data_dir} (looked for {dataset} and its shard directory); "
                                 "locomotion data cannot be generated: copy the official OGBench file there or pass --data-dir")
             episodes = o.episodes or next((v for k, v in PAPER_EPISODES.items() if domain.startswith(k)), 1000)

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 from datagen.generate import exclusive_lock, generate_dataset, sha256_file
-from datagen.info import open_npz
 from datagen.recipe import collect_unit, parse_env_id, unit_seeds
 from utils.errors import UserError
+from utils.files import open_npz
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = "cube-single-play-v0"

@@ -11,6 +11,9 @@ import glob
 import math
 import os
 import re
+import shlex
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from datagen.recipe import MANIP_DOMAINS  # the domains with scripted oracles (one definition)
 from utils.errors import UserError
+from utils.files import open_npz
 
 DATA_DIR_ENV_VAR = "OGBENCH_DATA_DIR"
 TYPES = ("play", "noisy", "navigate", "stitch", "explore")
@@ -86,15 +89,15 @@ def resolve_dataset_path(env_name: str, dataset_path: str | None, generate_missi
         if os.path.exists(c):
             return c
     if generate_missing > 0:
-        if domain not in MANIP_DOMAINS:
-            raise UserError(f"cannot generate data for '{domain}': only manipulation domains have scripted oracles")
-        from datagen.generate import generate_dataset
-
-        # data seed fixed at 0 (not the training seed): runs with different seeds share one dataset
-        return generate_dataset(dataset_name, episodes=generate_missing, seed=0, out_dir=out_dir, workers=os.cpu_count() or 1)
-    how = (f"generate one with `python -m datagen --env-id {dataset_name[:-3]} --episodes 1000 --seed 0 --workers 8 --out "
-           f"{out_dir}` or pass --generate-missing N" if domain in MANIP_DOMAINS
-           else "copy the official OGBench files there (locomotion data cannot be generated here)")
+        # with the datagen tool, run as a user would (utils never imports datagen); it rejects domains without oracles.
+        # Data seed 0, not the training seed: runs with different seeds share one dataset.
+        cmd = [sys.executable, "-m", "datagen", "--env-id", dataset_name.removesuffix("-v0"), "--episodes", str(generate_missing),
+               "--seed", "0", "--workers", str(os.cpu_count() or 1), "--out", out_dir]
+        if subprocess.run(cmd).returncode != 0:
+            raise UserError(f"could not generate the missing dataset: `{shlex.join(cmd)}` failed (its error is above)")
+        return os.path.join(out_dir, f"{dataset_name}.npz")
+    how = (f"generate one with `python -m datagen --env-id {dataset_name.removesuffix('-v0')} --episodes 1000 --seed 0 --workers 8 "
+           f"--out {out_dir}` or pass --generate-missing N (manipulation domains), or copy the official OGBench files there")
     raise UserError(f"no dataset for {env_name}: looked for {' and '.join(candidates)}; {how}")
 
 
@@ -108,8 +111,6 @@ def shard_files(path: str) -> list[str]:
 
 def count_transitions(path: str) -> int:
     """Transitions in a file or shard directory (rows minus trajectories), reading only ``terminals``."""
-    from datagen.info import open_npz
-
     return sum(int(len(t) - t.sum()) for t in (open_npz(f, ("terminals",))["terminals"] for f in shard_files(path)))
 
 
@@ -121,8 +122,6 @@ def load_file(env, env_name: str, path: str, sparse: bool = False) -> dict[str, 
     try:
         data = og_load(path, compact_dataset=False, add_info=True)
     except Exception:
-        from datagen.info import open_npz
-
         open_npz(path)  # names the file and what is wrong with it in one line (UserError)
         raise
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
