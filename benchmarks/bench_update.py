@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import glob
 import importlib
 import importlib.util
 import json
@@ -50,16 +49,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.algorithms import ALGORITHMS
 from utils import data as datalib
 from utils.data import sample_chunks
 from utils.runner import make_block
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Algorithm name -> module. Every baselines/NAME.py that defines the runner contract's ``update`` joins by itself.
-ALGOS = {"trqam": "trqam", "qam": "qam"}
-ALGOS.update({os.path.basename(p)[:-3]: f"baselines.{os.path.basename(p)[:-3]}"
-              for p in sorted(glob.glob(os.path.join(ROOT, "baselines", "*.py"))) if "\ndef update(" in open(p).read()})
+# Algorithm name -> module, from the registry: one entry per file (CGQL's modes share one update; BC has no RL update).
+ALGOS = {a.name: a.module for a in ALGORITHMS.values() if a.name not in ("bc", "cgql-m", "cgql-l")}
 SIZES = {"paper": {"hidden": (512, 512, 512, 512), "num_qs": 10}, "small": {"hidden": (128, 128), "num_qs": 2}}
 OBS_DIM, ACT_DIM, HORIZON, FLOW_STEPS, BATCH = 28, 5, 5, 10, 256
 PEER_SCRIPT = os.path.join(ROOT, "benchmarks", "peer_update.py")
@@ -83,7 +81,7 @@ def env_names_unchecked() -> Iterator[None]:
 
 # the default env's (cube-double) presets switch these methods' own part off (edit scale 0, one-step alpha 0): time
 # them with it on, at the values of the domains that use it
-KNOBS = {"qam_e": {"edit_scale": 0.1}, "qam_f": {"fql_alpha": 30.0}}
+KNOBS = {"qam-e": {"edit_scale": 0.1}, "qam-f": {"fql_alpha": 30.0}}
 
 
 def make_args(mod: ModuleType, size: str, batch_size: int, flow_steps: int) -> Any:

@@ -19,7 +19,8 @@ import shlex
 from dataclasses import dataclass, field
 
 from datagen.recipe import MANIP_DOMAINS
-from experiments.runner import CMD_FILE, ROOT
+from experiments.algorithms import ALGORITHMS, Algorithm
+from experiments.job import CMD_FILE, ROOT
 from utils.errors import UserError
 
 DATAGEN_MODULE = "datagen"  # `python -m DATAGEN_MODULE --env-id ... --episodes ... --seed 0 --workers ... --out ...`
@@ -28,29 +29,6 @@ EPISODES_PER_SHARD = 1000  # a generated shard holds 1000 episodes = 1M transiti
 PAPER_EPISODES = {"puzzle-4x4": 10_000, "cube-triple": 10_000, "cube-quadruple": 100_000}  # 10M / 100M; others 1M
 
 
-@dataclass(frozen=True)
-class Algo:
-    script: str
-    flags: tuple[str, ...] = ()
-    from_bc: bool = True
-    """fine-tunes the BC checkpoint of its (env, task, seed); False: trains from scratch"""
-
-
-# name -> command. `bc` is the BC stage itself (its run evaluates the pretrained flow).
-ALGOS: dict[str, Algo] = {
-    "bc": Algo("baselines/bc.py"),
-    "trqam": Algo("trqam.py"),
-    "qam": Algo("qam.py"),
-    "fql": Algo("baselines/fql.py"),
-    "dsrl": Algo("baselines/dsrl.py"),
-    "ifql": Algo("baselines/ifql.py"),
-    "cgql": Algo("baselines/cgql.py", ("--guidance", "simple")),
-    "cgql-m": Algo("baselines/cgql.py", ("--guidance", "mse")),
-    "cgql-l": Algo("baselines/cgql.py", ("--guidance", "linex")),
-    "qam-e": Algo("baselines/qam_e.py"),
-    "qam-f": Algo("baselines/qam_f.py"),
-    "rebrac": Algo("baselines/rebrac.py", ("--pretrain-steps", "0"), from_bc=False),
-}
 # Set by the sweep for each run; after `--` they are an error (use the sweep's own flags).
 RESERVED = ("--env-id", "--task-id", "--seed", "--num-seeds", "--run-dir", "--dataset-path", "--pretrained-path",
             "--pretrain-steps", "--exp-name", "--generate-missing", "--guidance")
@@ -164,15 +142,15 @@ def check_done(job: Job) -> bool:
 
 def build_plan(o, extras: list[str]) -> list[Job]:
     """Jobs in dependency order (datagen, BC, fine-tuning) for the sweep flags ``o`` and the run flags ``extras``."""
-    unknown = [a for a in o.algos if a not in ALGOS]
+    unknown = [a for a in o.algos if a not in ALGORITHMS]
     if unknown:
-        raise UserError(f"unknown algorithm {', '.join(unknown)}; known: {' '.join(ALGOS)}")
+        raise UserError(f"unknown algorithm {', '.join(unknown)}; known: {' '.join(ALGORITHMS)}")
     bad = sorted({t.partition("=")[0] for t in extras if t.partition("=")[0] in RESERVED})
     if bad:
         raise UserError(f"{' '.join(bad)} after -- is set by the sweep (use --env-ids/--task-ids/--seeds/--pretrain-steps)")
-    need_bc = "bc" in o.algos or any(ALGOS[a].from_bc for a in o.algos)
-    bc_algo = ALGOS["bc"]
-    used = [ALGOS[a] for a in o.algos if a != "bc"] + ([bc_algo] if need_bc else [])
+    need_bc = "bc" in o.algos or any(ALGORITHMS[a].from_bc for a in o.algos)
+    bc_algo = ALGORITHMS["bc"]
+    used = [ALGORITHMS[a] for a in o.algos if a != "bc"] + ([bc_algo] if need_bc else [])
     missing = sorted({a.script for a in used if not os.path.exists(os.path.join(ROOT, a.script))})
     if missing:
         raise UserError(f"{', '.join(missing)} does not exist yet in {ROOT}; leave its algorithm out of --algos")
@@ -214,13 +192,14 @@ def build_plan(o, extras: list[str]) -> list[Job]:
             for seeds in seed_groups(o.seeds, o.seeds_per_process):
                 bc_id = None
                 if need_bc:
-                    bc = run_job("bc", bc_algo, env, task, seeds, o, out, dataset, extras, eval_workers, res, gen_deps)
+                    bc = algorithm_job("bc", bc_algo, env, task, seeds, o, out, dataset, extras, eval_workers, res, gen_deps)
                     jobs.append(bc)
                     bc_id = bc.id
                 for name in dict.fromkeys(o.algos):
                     if name != "bc":
-                        deps = gen_deps + ([bc_id] if ALGOS[name].from_bc else [])
-                        finetune.append(run_job(name, ALGOS[name], env, task, seeds, o, out, dataset, extras, eval_workers, res, deps))
+                        deps = gen_deps + ([bc_id] if ALGORITHMS[name].from_bc else [])
+                        finetune.append(algorithm_job(name, ALGORITHMS[name], env, task, seeds, o, out, dataset, extras, eval_workers,
+                                                      res, deps))
     jobs += finetune
     for j in jobs:
         j.done = check_done(j) if j.stage != "datagen" else False
@@ -230,7 +209,7 @@ def build_plan(o, extras: list[str]) -> list[Job]:
     return jobs
 
 
-def run_job(name: str, algo: Algo, env: str, task: int, seeds: list[int], o, out: str, dataset: str, extras: list[str],
+def algorithm_job(name: str, algo: Algorithm, env: str, task: int, seeds: list[int], o, out: str, dataset: str, extras: list[str],
             eval_workers: int | None, res: dict, deps: list[str]) -> Job:
     """One process training ``seeds`` of (algorithm, env, task); run dirs OUT/{name}/{env}-task{t}/seed{s}."""
     base = os.path.join(out, name, f"{env}-task{task}")

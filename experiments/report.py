@@ -4,8 +4,8 @@
     python -m experiments.report runs/demo               # one run: a short report and its curves
 
 A sweep's report has: final success per task and method (mean ± std over seeds, n), per domain in the
-paper's layout with the paper's reported numbers beside ours where the setting matches (parsed from
-docs/BASELINES.md, section "Reported results"), BC (the pretrained flow) as its own row, IQM and mean
+paper's layout with the paper's reported numbers beside ours where the setting matches (from
+experiments/reported.csv, whose sources docs/BASELINES.md describes), BC (the pretrained flow) as its own row, IQM and mean
 with 95% stratified-bootstrap CIs and TRQAM's probability of improvement over each method (rliable),
 the runs not finished, and figures: success vs step per domain, aggregate bars, TRQAM's λ and path KL.
 """
@@ -23,6 +23,7 @@ import numpy as np
 
 from experiments import figures, results
 from experiments.results import (
+    REPORTED_CSV,
     Reported,
     Run,
     aggregates,
@@ -38,11 +39,9 @@ from experiments.results import (
     parse_reported,
     setting_matches,
 )
-from experiments.runner import ROOT
 from utils.errors import UserError
 from utils.files import atomic_write
 
-DEFAULT_DOC = os.path.join(ROOT, "docs", "BASELINES.md")
 CSV_FIELDS = ("method", "algo", "env", "task", "seed", "domain", "finished", "final_success", "bc_success", "phase",
               "offline_steps", "online_steps", "last_step", "run_dir")
 
@@ -71,7 +70,7 @@ def write_results_csv(runs: list[Run], root: str) -> str:
     return path
 
 
-def write_report(path: str, note: str = "", reps: int = 2000, baselines_doc: str = DEFAULT_DOC, poi_reps: int = 500) -> str:
+def write_report(path: str, note: str = "", reps: int = 2000, reported: str = REPORTED_CSV, poi_reps: int = 500) -> str:
     """Write report.md, results.csv and figures/ into ``path`` (a sweep directory or one run directory);
     return the report.md path."""
     if not os.path.isdir(path):
@@ -84,7 +83,7 @@ def write_report(path: str, note: str = "", reps: int = 2000, baselines_doc: str
     runs = load_runs(path)
     if not runs:
         raise UserError(f"{path} holds no run directories (none with args.json, summary.json or eval.csv)")
-    return sweep_report(path, runs, note, reps, poi_reps, parse_reported(baselines_doc))
+    return sweep_report(path, runs, note, reps, poi_reps, parse_reported(reported))
 
 
 # ----------------------------------------------------------------------------------- one run
@@ -178,7 +177,7 @@ def sweep_report(root: str, runs: list[Run], note: str, reps: int, poi_reps: int
     cols = domain_order({d for row in dom.values() for d in row if d != "all"})
     lines += ["## Per domain (the paper's layout)", "",
               "A domain is the mean of its task means; ± over seeds of the per-seed domain mean; all = mean of the domain "
-              "means shown. Reported rows: the numbers published for the same phase (docs/BASELINES.md) for the domains "
+              "means shown. Reported rows: the numbers published for the same phase (experiments/reported.csv) for the domains "
               "shown here; their all is over the domains where our row has a number too, named where that is not all of "
               "ours (their setting may differ in data, tasks, seeds and steps).", ""]
     rows = []
@@ -251,12 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=2000, help="bootstrap resamples of the IQM / mean CIs (default 2000)")
     p.add_argument("--poi-reps", type=int, default=500,
                    help="resamples of the probability-of-improvement CIs (default 500; each costs a Mann-Whitney U per task and method)")
-    p.add_argument("--baselines-doc", default=DEFAULT_DOC, help="markdown with the reported numbers (default docs/BASELINES.md)")
+    p.add_argument("--reported", default=REPORTED_CSV, help="CSV of published numbers (default experiments/reported.csv)")
     p.add_argument("--note", default="", help="a paragraph put under the title")
     a = p.parse_args(argv)
     try:
         for d in a.dirs:
-            print(write_report(d, a.note, a.reps, a.baselines_doc, a.poi_reps))
+            print(write_report(d, a.note, a.reps, a.reported, a.poi_reps))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from experiments.algorithms import ALGORITHMS
+from experiments.job import CMD_FILE, describe_exit
 from experiments.plan import flag_values
-from experiments.runner import CMD_FILE, describe_exit
+from utils.errors import UserError
 
 # OGBench short env -> the paper's column; other envs keep their own name, after these
 DOMAIN_COLUMNS = {
@@ -28,8 +30,7 @@ DOMAIN_COLUMNS = {
     "cube-double-play": "c2", "cube-triple-play": "c3", "cube-quadruple-play": "c4",
 }
 PAPER_COLUMNS = list(DOMAIN_COLUMNS.values())
-METHOD_NAMES = {"bc": "BC", "rebrac": "ReBRAC", "fql": "FQL", "cgql": "CGQL", "cgql-m": "CGQL-M", "cgql-l": "CGQL-L",
-                "dsrl": "DSRL", "ifql": "IFQL", "qam": "QAM", "qam-f": "QAM-F", "qam-e": "QAM-E", "trqam": "TRQAM"}
+METHOD_NAMES = {a.name: a.label for a in ALGORITHMS.values()}  # in the order of the paper's tables
 SKIP_DIRS = {"checkpoints", "figures", "videos", "wandb"}
 
 
@@ -308,64 +309,36 @@ def aggregates(scores: Scores, reps: int = 2000, poi_reps: int = 500, seed: int 
 
 
 # ------------------------------------------------------------------------- reported numbers
-MARKER = re.compile(r"<!--\s*reported:\s*(.*?)\s*-->")
-CELL = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(?:±\s*(\d+(?:\.\d+)?))?\s*$")
+REPORTED_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reported.csv")
+REPORTED_COLUMNS = ("source", "phase", "seeds", "method", "domain", "mean", "std")
 
 
 @dataclass
 class Reported:
     source: str
-    setting: dict[str, str]  # phase and the marker's key=value pairs (seeds=8, ...)
+    setting: dict[str, str]  # {"phase": ..., "seeds": ...}
     rows: dict[str, dict[str, tuple[float, float | None]]]  # algo -> column -> (mean %, std %)
 
 
-def parse_reported(path: str) -> list[Reported]:
-    """The tables of the section ``## Reported results`` of ``path``, each after a marker
-    ``<!-- reported: SOURCE offline seeds=8 -->``; [] when the file, the section or a table is missing."""
+def parse_reported(path: str = REPORTED_CSV) -> list[Reported]:
+    """The published numbers of ``path`` (experiments/reported.csv: one row per source, phase, method and domain), one
+    ``Reported`` table per (source, phase) in file order. A missing or malformed file is a ``UserError`` naming it."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError:
-        return []
-    m = re.search(r"^## (?:\d+\. )?Reported results[^\n]*\n(.*?)(?=^## |\Z)", text, flags=re.M | re.S)
-    if m is None:
-        return []
-    names = {v.lower(): k for k, v in METHOD_NAMES.items()}
-    out = []
-    lines = m.group(1).splitlines()
-    for i, line in enumerate(lines):
-        mk = MARKER.search(line)
-        if mk is None:
-            continue
-        words = mk.group(1).split()
-        if not words:
-            continue
-        setting = {"phase": next((w for w in words[1:] if w in ("offline", "online")), "offline")}
-        setting.update(w.split("=", 1) for w in words[1:] if "=" in w)
-        table = []
-        for nxt in lines[i + 1:]:
-            if nxt.strip().startswith("|"):
-                table.append([c.strip() for c in nxt.strip().strip("|").split("|")])
-            elif table or MARKER.search(nxt) or nxt.startswith("#"):
-                break
-        if len(table) < 2:
-            continue
-        header = [h.lower() for h in table[0]]
-        rows = {}
-        for cells in table[1:]:
-            if set("".join(cells)) <= set("-: "):  # the |---|---| line
-                continue
-            algo = names.get(cells[0].lower())
-            if algo is None:
-                continue
-            vals = {}
-            for col, cell in zip(header[1:], cells[1:], strict=False):
-                c = CELL.match(cell)
-                if c:
-                    vals[col] = (float(c.group(1)), float(c.group(2)) if c.group(2) else None)
-            rows[algo] = vals
-        out.append(Reported(words[0], setting, rows))
-    return out
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+    except OSError as e:
+        raise UserError(f"cannot read the reported numbers {path}: {e.strerror} (pass --reported FILE)") from None
+    if not rows or tuple(rows[0]) != REPORTED_COLUMNS:
+        raise UserError(f"{path}: expected the columns {','.join(REPORTED_COLUMNS)}")
+    tables: dict[tuple[str, str], Reported] = {}
+    for n, r in enumerate(rows, start=2):
+        try:
+            mean, std = float(r["mean"]), float(r["std"]) if r["std"] else None
+        except ValueError:
+            raise UserError(f"{path}: row {n} has a mean or std that is not a number: {r}") from None
+        t = tables.setdefault((r["source"], r["phase"]), Reported(r["source"], {"phase": r["phase"], "seeds": r["seeds"]}, {}))
+        t.rows.setdefault(r["method"], {})[r["domain"]] = (mean, std)
+    return list(tables.values())
 
 
 def setting_matches(rep: Reported, runs: list[Run]) -> bool:

@@ -21,7 +21,7 @@ import sys
 import time
 
 from experiments import plan
-from experiments.runner import RunCrashed, run_job
+from experiments.job import RunCrashed, execute
 from utils.errors import UserError
 
 # the driver's settings that the runs should see wherever Ray places them (JAX_COMPILATION_CACHE_DIR: runs of the
@@ -34,7 +34,7 @@ FORWARD_ENV = ("MUJOCO_GL", "PYOPENGL_PLATFORM", "WANDB_MODE", "WANDB_DIR", "XLA
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--algos", nargs="+", required=True, help=f"from: {' '.join(plan.ALGOS)}")
+    p.add_argument("--algos", nargs="+", required=True, help=f"from: {' '.join(plan.ALGORITHMS)}")
     p.add_argument("--env-ids", nargs="+", required=True, help="short OGBench names, e.g. scene-play cube-double-play")
     p.add_argument("--task-ids", nargs="+", type=int, default=[1, 2, 3, 4, 5])
     p.add_argument("--seeds", nargs="+", type=int, default=list(range(8)))
@@ -215,7 +215,7 @@ def follow(o: argparse.Namespace, todo: list[plan.Job], skipped: int) -> tuple[i
 
     env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
     tracker = ray.remote(num_cpus=0)(Tracker).remote()
-    task = ray.remote(run_job)
+    task = ray.remote(execute)
     refs: dict[str, ray.ObjectRef] = {}
     for j in todo:  # in dependency order
         refs[j.id] = task.options(num_cpus=j.num_cpus, num_gpus=j.num_gpus, max_retries=o.max_retries,

@@ -17,7 +17,9 @@ import pytest
 from conftest import write_random_dataset
 from helpers import assert_trees_equal, last_checkpoint, read_csv
 
-from experiments import plan, report, results, runner, sweep
+from experiments import job, plan, report, results, sweep
+from experiments.algorithms import Algorithm
+from utils.errors import UserError
 
 TINY = ["--actor-hidden-dims", "32", "32", "--value-hidden-dims", "32", "32", "--num-qs", "2", "--batch-size", "16",
         "--flow-steps", "4", "--eval-episodes", "1", "--offline-steps", "60", "--log-interval", "20", "--eval-interval", "20",
@@ -170,11 +172,11 @@ def test_user_error_is_reported_once_and_not_retried(ray_cluster, tmp_path):
     ("import sys; sys.stderr.write('\u2502 Error parsing --batch-size: invalid literal \u2502\\n'); sys.exit(2)",  # tyro's frame
      ("user_error", "Error parsing --batch-size: invalid literal")),
     ("import sys; sys.stderr.write('Traceback ...\\nZeroDivisionError: division by zero\\n'); sys.exit(1)",
-     (runner.RunCrashed, "exit code 1: ZeroDivisionError: division by zero")),
-    ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", (runner.RunCrashed, "killed by SIGKILL")),
+     (job.RunCrashed, "exit code 1: ZeroDivisionError: division by zero")),
+    ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", (job.RunCrashed, "killed by SIGKILL")),
     ("pass", ("failed", "exited 0 but did not write")),
 ])
-def test_runner_classifies_how_a_run_ends(code, expect, tmp_path):
+def test_job_classifies_how_a_run_ends(code, expect, tmp_path):
     """Exit 2: a user error with its line (no retry); a crash or a signal: RunCrashed (Ray retries); exit 0
     without the promised files: a failure."""
     spec = {"id": "x", "argv": ["-c", code], "log_dir": str(tmp_path), "keys": {}, "outputs": [str(tmp_path / "summary.json")],
@@ -182,9 +184,9 @@ def test_runner_classifies_how_a_run_ends(code, expect, tmp_path):
     kind, msg = expect
     if isinstance(kind, type):
         with pytest.raises(kind, match=msg):
-            runner.run_job(spec)
+            job.execute(spec)
     else:
-        res = runner.run_job(spec)
+        res = job.execute(spec)
         assert res["status"] == kind and res["message"].startswith(msg), res
     assert [e["event"] for e in events(str(tmp_path))] == ["start", "end"]
 
@@ -217,7 +219,7 @@ def test_dry_run_prints_the_grouped_plan(data_dir, tmp_path, capsys):
     ([], ["--seed", "3"], "--seed after -- is set by the sweep"),
 ])
 def test_one_line_errors(flags, after, expect, data_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(plan.ALGOS, "ghost", plan.Algo("baselines/ghost.py"))  # a method whose script is missing
+    monkeypatch.setitem(plan.ALGORITHMS, "ghost", Algorithm("ghost", "Ghost", "baselines/ghost.py"))  # a method whose script is missing
     base = ["--algos", "trqam", "--env-ids", "cube-single-play", "--out", str(tmp_path / "E"), "--data-dir", data_dir]
     code = sweep.main(base + flags + (["--", *after] if after else []))  # argparse: the later --algos wins
     err = capsys.readouterr().err.strip().splitlines()
@@ -231,10 +233,9 @@ def test_one_line_errors(flags, after, expect, data_dir, tmp_path, capsys, monke
 
 def test_report_of_the_tiny_sweep(sweep_a, tmp_path):
     out, _, _ = sweep_a
-    doc = tmp_path / "BASELINES.md"
-    doc.write_text("# x\n\n## Reported results\n\n<!-- reported: fixture offline seeds=8 -->\n\n| method | c2 | all |\n|---|---|---|\n"
-                   "| TRQAM | 81±3 | 81 |\n")
-    assert report.main([out, "--reps", "200", "--poi-reps", "100", "--baselines-doc", str(doc)]) == 0
+    doc = tmp_path / "reported.csv"
+    doc.write_text("# a comment line\nsource,phase,seeds,method,domain,mean,std\nfixture,offline,8,trqam,c2,81,3\n")
+    assert report.main([out, "--reps", "200", "--poi-reps", "100", "--reported", str(doc)]) == 0
     md = open(os.path.join(out, "report.md")).read()
     assert "## Per domain (the paper's layout)" in md and "| method | cube-single-play | all |" in md
     assert "| method | IQM | 95% CI | mean | 95% CI | runs per task |" in md and "P(TRQAM > method)" in md
@@ -306,14 +307,17 @@ def test_aggregates_match_a_hand_computation(tmp_path):
     p, ci = agg.poi["qam"]
     assert p == pytest.approx((8.5 + 8 + 9) / 27) and ci[0] <= p <= ci[1]
 
-    doc = tmp_path / "BASELINES.md"
-    doc.write_text("## Reported results\n\n<!-- reported: paper-x offline seeds=8 -->\n"
-                   "| method | al | ag | hm | hl | scene | p33 | p44 | c2 | c3 | c4 | all |\n" + "|---" * 12 + "|\n"
-                   "| QAM | 62±9 | 29±4 | 64±7 | 4±3 | 64±4 | 15±3 | 1±1 | 71±2 | 19±6 | 18±3 | 35 |\n"
-                   "| TRQAM | 89±4 | 41±4 | 84±3 | 36±4 | 79±1 | 100±0 | 99±1 | 81±3 | 50±5 | 19±5 | 68 |\n\n"
-                   "<!-- reported: paper-y online seeds=12 -->\n| method | scene | c2 |\n|---|---|---|\n| TRQAM | 1 | 2 |\n\n"
-                   "<!-- reported: paper-z offline seeds=4 -->\n| method | scene | all |\n|---|---|---|\n| QAM | 50 | 50 |\n\n## Next\n")
-    path = report.write_report(str(root), reps=300, baselines_doc=str(doc))
+    doms = "al ag hm hl scene p33 p44 c2 c3 c4 all".split()
+    paper_x = {"qam": "62±9 29±4 64±7 4±3 64±4 15±3 1±1 71±2 19±6 18±3 35",
+               "trqam": "89±4 41±4 84±3 36±4 79±1 100±0 99±1 81±3 50±5 19±5 68"}
+    lines = ["source,phase,seeds,method,domain,mean,std"]
+    lines += [f"paper-x,offline,8,{m},{d},{c.split('±')[0]},{c.split('±')[1] if '±' in c else ''}"
+              for m, cells in paper_x.items() for d, c in zip(doms, cells.split(), strict=True)]
+    lines += ["paper-y,online,12,trqam,scene,1,", "paper-y,online,12,trqam,c2,2,",
+              "paper-z,offline,4,qam,scene,50,", "paper-z,offline,4,qam,all,50,"]
+    doc = tmp_path / "reported.csv"
+    doc.write_text("\n".join(lines) + "\n")
+    path = report.write_report(str(root), reps=300, reported=str(doc))
     md = open(path).read()
     assert "| method | scene | c2 | all |" in md
     assert "| **TRQAM** | 90.0 ± 10.0 | 55.0 ± 20.0 | 72.5 |" in md
@@ -321,7 +325,12 @@ def test_aggregates_match_a_hand_computation(tmp_path):
     assert "| QAM (reported: paper-z, 4 seeds) | 50 | – | 50.0 (scene) |" in md  # its all: only where both have numbers
     assert "| cube-double-play task1 | 22.5 ± 5.0 (4) | 10.0 ± 10.0 (3) +1 unfinished | 40.0 ± 20.0 (3) |" in md
     assert "| unfinished | QAM | cube-double-play task1 | 3 |" in md
-    assert results.parse_reported(str(tmp_path / "no-such-file")) == [] and results.parse_reported(path) == []
+    for bad in (tmp_path / "no-such-file", tmp_path / "bad.csv"):
+        with pytest.raises(UserError, match=str(bad)):
+            (tmp_path / "bad.csv").write_text("source,phase\nx,offline\n")
+            results.parse_reported(str(bad))
+    assert [(r.source, r.setting["phase"]) for r in results.parse_reported()][:1] == [("trqam-paper", "offline")]
+    assert results.parse_reported()[0].rows["trqam"]["p33"] == (100.0, 0.0)  # the shipped file: TRQAM's puzzle-3x3 number
 
 
 def test_identify_reads_the_method_from_the_files():

@@ -74,7 +74,7 @@ def child_env(extra: dict[str, str], num_gpus: float) -> dict[str, str]:
     return env
 
 
-def run_job(spec: dict, tracker=None, *deps: dict) -> dict:
+def execute(spec: dict, tracker=None, *deps: dict) -> dict:
     """Run one job (``plan.Job.spec``) once its dependencies' results ``deps`` are in."""
     for d in deps:
         if d["status"] != "ok":
