@@ -366,13 +366,53 @@ def generate_dataset(
 
 
 def _generate_locked(plan: dict, config: dict, workers: int, progress: bool, overwrite: bool) -> str:
-    root, name = plan["root"], plan["name"]
+    """Generate the planned files under the lock, in named steps; resumable at every step (a rerun redoes only what is
+    missing: verified files are kept, surviving unit parts are reused)."""
     vers = versions()
-    _cleanup_temps(root, name)
+    _cleanup_temps(plan["root"], plan["name"])
     if os.path.isdir(plan["parts_dir"]):
         _cleanup_temps(plan["parts_dir"])
+    old = _previous_manifest(plan, config, overwrite)
+    done_files = _verified_files(plan, old)
+    if old is not None and old.get("complete") and len(done_files) == len(plan["files"]):
+        return plan["result"]
+    manifest = _new_manifest(plan, config, vers, workers, done_files)
+    write_json(plan["manifest"], manifest, indent=1)
+    unit_tasks, unit_state, file_left, total_rows, done_rows = _pending_units(plan, config, vers, done_files)
 
-    # ---- what is already there?
+    def assemble_task(fi):
+        f = plan["files"][fi]
+        return {"key": fi, "path": f["path"], "parts": [u["part"] for u in f["units"]]}
+
+    def record_file(fi, res):
+        f = plan["files"][fi]
+        manifest["files"][_relpath(f["path"], plan["root"])] = _file_entry(f, res, [unit_state[(fi, u["block"])] for u in f["units"]])
+        write_json(plan["manifest"], manifest, indent=1)
+        for u in f["units"]:
+            with contextlib.suppress(OSError):
+                os.remove(u["part"])
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=total_rows, initial=done_rows, unit="tr", unit_scale=True, desc=plan["name"], file=sys.stderr,
+               disable=not progress, dynamic_ncols=True, smoothing=0.05)
+    try:
+        ready = [fi for fi, left in file_left.items() if not left]  # files whose parts all survived a previous run
+        n_workers = min(workers, max(len(unit_tasks), 1))
+        if n_workers <= 1:
+            _run_here(unit_tasks, bar, unit_state, file_left, ready, assemble_task, record_file)
+        else:
+            _run_pool(unit_tasks, n_workers, bar, unit_state, file_left, ready, assemble_task, record_file)
+    finally:
+        bar.close()
+    _complete_manifest(plan, manifest)
+    shutil.rmtree(plan["parts_dir"], ignore_errors=True)
+    return plan["result"]
+
+
+def _previous_manifest(plan: dict, config: dict, overwrite: bool) -> dict | None:
+    """The manifest of an earlier run with this config, or None. Files made otherwise (other arguments, or no manifest:
+    official or foreign data) are an error unless ``overwrite``, which deletes them and their parts."""
     old = _read_manifest(plan["manifest"])
     finals = [f["path"] for f in plan["files"]]
     existing = [p for p in finals if os.path.exists(p)]
@@ -393,20 +433,25 @@ def _generate_locked(plan: dict, config: dict, workers: int, progress: bool, ove
                 os.remove(p)
         shutil.rmtree(plan["parts_dir"], ignore_errors=True)
         old = None
+    return old
 
-    done_files = {}
-    if old is not None:
-        for rel, entry in (old.get("files") or {}).items():
-            p = os.path.join(root, rel)
-            if entry.get("sha256") and os.path.isfile(p) and sha256_file(p) == entry["sha256"]:
-                done_files[p] = entry
-        if old.get("complete") and len(done_files) == len(plan["files"]):
-            return plan["result"]
 
-    manifest = {
+def _verified_files(plan: dict, old: dict | None) -> dict[str, dict]:
+    """The files of the earlier run that are on disk with the checksum its manifest recorded (path -> entry)."""
+    done = {}
+    for rel, entry in ((old or {}).get("files") or {}).items():
+        p = os.path.join(plan["root"], rel)
+        if entry.get("sha256") and os.path.isfile(p) and sha256_file(p) == entry["sha256"]:
+            done[p] = entry
+    return done
+
+
+def _new_manifest(plan: dict, config: dict, vers: dict, workers: int, done_files: dict) -> dict:
+    """The manifest of this run, incomplete: its config, versions, the command that reproduces it, the kept files."""
+    return {
         "generator": "datagen",
         "format_version": FORMAT_VERSION,
-        "name": name,
+        "name": plan["name"],
         "layout": "sharded" if config["shards"] > 0 else "single",
         "complete": False,
         "config": config,
@@ -427,16 +472,17 @@ def _generate_locked(plan: dict, config: dict, workers: int, progress: bool, ove
             + f" --out {plan['out_dir']}"
         ),
         "totals": {},
-        "files": {_relpath(p, root): e for p, e in done_files.items()},
+        "files": {_relpath(p, plan["root"]): e for p, e in done_files.items()},
     }
-    write_json(plan["manifest"], manifest, indent=1)
 
-    # ---- which units still have to run?
+
+def _pending_units(plan: dict, config: dict, vers: dict, done_files: dict) -> tuple[list, dict, dict, int, int]:
+    """The units still to run: (their tasks, the state of the surviving parts by (file, block), the blocks each file
+    still waits for, rows to make in all, rows already made)."""
     rpe = config["max_episode_steps"]
     todo_files = [f for f in plan["files"] if f["path"] not in done_files]
     unit_tasks, unit_state, file_left = [], {}, {}
-    total_rows = sum(f["episodes"] for f in todo_files) * rpe
-    done_rows = 0
+    total_rows, done_rows = sum(f["episodes"] for f in todo_files) * rpe, 0
     os.makedirs(plan["parts_dir"], exist_ok=True)
     for fi, f in enumerate(plan["files"]):
         if f["path"] in done_files:
@@ -463,75 +509,54 @@ def _generate_locked(plan: dict, config: dict, workers: int, progress: bool, ove
                     "meta": meta,
                 }
             )
+    return unit_tasks, unit_state, file_left, total_rows, done_rows
 
-    def assemble_task(fi):
-        f = plan["files"][fi]
-        return {"key": fi, "path": f["path"], "parts": [u["part"] for u in f["units"]]}
 
-    def record_file(fi, res):
-        f = plan["files"][fi]
-        manifest["files"][_relpath(f["path"], root)] = {
-            "split": f["split"],
-            "shard": f["shard"],
-            "episodes": res["episodes"],
-            "rows": res["rows"],
-            "transitions": res["rows"] - res["episodes"],
-            "bytes": res["bytes"],
-            "sha256": res["sha256"],
-            "units": [
-                {
-                    "block": u["block"],
-                    "episodes": u["episodes"],
-                    "seed_sequence": u["seed_sequence"],
-                    "env_reset_seed": u["env_reset"],
-                    "rejected_episodes": unit_state[(fi, u["block"])]["rejected_episodes"],
-                }
-                for u in f["units"]
-            ],
-        }
-        write_json(plan["manifest"], manifest, indent=1)
-        for u in f["units"]:
-            with contextlib.suppress(OSError):
-                os.remove(u["part"])
-
-    from tqdm import tqdm
-
-    bar = tqdm(
-        total=total_rows,
-        initial=done_rows,
-        unit="tr",
-        unit_scale=True,
-        desc=name,
-        file=sys.stderr,
-        disable=not progress,
-        dynamic_ncols=True,
-        smoothing=0.05,
-    )
-    try:
-        ready = [fi for fi, left in file_left.items() if not left]
-        n_workers = min(workers, max(len(unit_tasks), 1))
-        if n_workers <= 1:
-            state = np.random.get_state()
-            try:
-                for fi in ready:  # files whose parts all survived a previous run
-                    record_file(fi, _assemble(assemble_task(fi)))
-                for task in unit_tasks:
-                    res = _run_unit(dict(task, _report=bar.update))
-                    unit_state[res["key"]] = res
-                    fi, b = res["key"]
-                    file_left[fi].discard(b)
-                    if not file_left[fi]:
-                        record_file(fi, _assemble(assemble_task(fi)))
-            finally:
-                np.random.set_state(state)
-        else:
-            _run_pool(unit_tasks, n_workers, bar, unit_state, file_left, ready, assemble_task, record_file)
-    finally:
-        bar.close()
-
-    manifest["files"] = {  # plan order
-        _relpath(f["path"], root): manifest["files"][_relpath(f["path"], root)] for f in plan["files"]
+def _file_entry(f: dict, res: dict, unit_states: list[dict]) -> dict:
+    """A finished file's manifest entry: its counts, checksum and the seeds of its units."""
+    return {
+        "split": f["split"],
+        "shard": f["shard"],
+        "episodes": res["episodes"],
+        "rows": res["rows"],
+        "transitions": res["rows"] - res["episodes"],
+        "bytes": res["bytes"],
+        "sha256": res["sha256"],
+        "units": [
+            {
+                "block": u["block"],
+                "episodes": u["episodes"],
+                "seed_sequence": u["seed_sequence"],
+                "env_reset_seed": u["env_reset"],
+                "rejected_episodes": st["rejected_episodes"],
+            }
+            for u, st in zip(f["units"], unit_states, strict=True)
+        ],
     }
+
+
+def _run_here(unit_tasks, bar, unit_state, file_left, ready, assemble_task, record_file) -> None:
+    """The units in this process, one after another (the global numpy state restored after)."""
+    state = np.random.get_state()
+    try:
+        for fi in ready:
+            record_file(fi, _assemble(assemble_task(fi)))
+        for task in unit_tasks:
+            res = _run_unit(dict(task, _report=bar.update))
+            unit_state[res["key"]] = res
+            fi, b = res["key"]
+            file_left[fi].discard(b)
+            if not file_left[fi]:
+                record_file(fi, _assemble(assemble_task(fi)))
+    finally:
+        np.random.set_state(state)
+
+
+def _complete_manifest(plan: dict, manifest: dict) -> None:
+    """Files in plan order, the totals per split, ``complete``: written last, so a manifest says complete only when
+    every file is there."""
+    root = plan["root"]
+    manifest["files"] = {_relpath(f["path"], root): manifest["files"][_relpath(f["path"], root)] for f in plan["files"]}
     entries = manifest["files"].values()
     for split in ("train", "val"):
         es = [e for e in entries if e["split"] == split]
@@ -543,8 +568,6 @@ def _generate_locked(plan: dict, config: dict, workers: int, progress: bool, ove
         }
     manifest["complete"] = True
     write_json(plan["manifest"], manifest, indent=1)
-    shutil.rmtree(plan["parts_dir"], ignore_errors=True)
-    return plan["result"]
 
 
 def _run_pool(unit_tasks, n_workers, bar, unit_state, file_left, ready, assemble_task, record_file) -> None:
