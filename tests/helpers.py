@@ -57,3 +57,49 @@ def kill_when_written(script: str, args: list[str], target: str, timeout: float 
         time.sleep(0.05)
     p.send_signal(signal.SIGKILL)
     p.wait()
+
+
+def five_row_batch(seed: int, obs_dim: int, chunk_dim: int) -> dict:
+    """A chunk batch of 5 rows with H = 2 for the baselines' unit tests: row 2 crosses an episode end (mask 0,
+    valid (1, 0)), rewards in {-1, 0}."""
+    import jax.numpy as jnp
+
+    r, b = np.random.default_rng(seed), 5
+    return {"observations": jnp.asarray(r.normal(size=(b, obs_dim)), jnp.float32),
+            "actions": jnp.asarray(r.uniform(-1, 1, (b, chunk_dim)), jnp.float32),
+            "next_observations": jnp.asarray(r.normal(size=(b, obs_dim)), jnp.float32),
+            "rewards": jnp.asarray(-r.integers(0, 2, b), jnp.float32), "masks": jnp.asarray([1, 1, 0, 1, 1], jnp.float32),
+            "valid": jnp.asarray([[1, 1], [1, 1], [1, 0], [1, 1], [1, 1]], jnp.float32)}
+
+
+def assert_same_leaves(a, b) -> None:
+    """Two pytrees with the same structure and bit-identical leaves."""
+    import jax
+
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def flow_params(nets, seed: int, obs_dim: int, chunk_dim: int):
+    """Random flow parameters of ``nets.actor`` (a stand-in for a BC checkpoint)."""
+    import jax
+    import jax.numpy as jnp
+
+    zeros = jnp.zeros((1, obs_dim)), jnp.zeros((1, chunk_dim)), jnp.zeros((1, 1))
+    return jax.jit(nets.actor.init)(jax.random.PRNGKey(seed), *zeros)["params"]
+
+
+def assert_polyak_of_the_old_params(new_target, old_params, old_target, new_params, tau: float = 0.005) -> None:
+    """target' = tau * params_before + (1 - tau) * target (the authors' one-step lag), and not the new params'."""
+    for t_new, p_old, t_old in zip(*(jax_leaves(x) for x in (new_target, old_params, old_target)), strict=True):
+        np.testing.assert_allclose(t_new, tau * np.asarray(p_old) + (1 - tau) * np.asarray(t_old), rtol=1e-5, atol=1e-7)
+    lead = [np.abs(np.asarray(t) - (tau * np.asarray(p) + (1 - tau) * np.asarray(o))).max()
+            for t, p, o in zip(*(jax_leaves(x) for x in (new_target, new_params, old_target)), strict=True)]
+    assert max(lead) > 1e-4  # with the new params instead it would not match
+
+
+def jax_leaves(tree) -> list:
+    import jax
+
+    return jax.tree.leaves(tree)

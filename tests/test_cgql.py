@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import TINY, run
+from helpers import TINY, five_row_batch, run
 
 from baselines import cgql
 from utils.errors import UserError
@@ -27,12 +27,7 @@ def tiny(guidance="linex", **kw):
 
 
 def batch(seed=0):
-    r = np.random.default_rng(seed)
-    return {"observations": jnp.asarray(r.normal(size=(B, OBS)), jnp.float32),
-            "actions": jnp.asarray(r.uniform(-1, 1, (B, D)), jnp.float32),
-            "next_observations": jnp.asarray(r.normal(size=(B, OBS)), jnp.float32),
-            "rewards": jnp.asarray(-r.integers(0, 2, B), jnp.float32), "masks": jnp.asarray([1, 1, 0, 1, 1], jnp.float32),
-            "valid": jnp.asarray([[1, 1], [1, 1], [1, 0], [1, 1], [1, 1]], jnp.float32)}
+    return five_row_batch(seed, OBS, D)
 
 
 def state(args, nets, seed=0, perturb=True):

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import TINY, run
+from helpers import TINY, assert_polyak_of_the_old_params, assert_same_leaves, run
 
 from baselines import fql
 from utils.errors import UserError
@@ -137,9 +137,7 @@ def test_init_state_sets_v_beta_from_the_checkpoint_only():
     args, nets = tiny()
     flows = [fql.bc_init(args, nets, OBS, jax.random.PRNGKey(k)).params for k in (1, 2)]
     s1, s2 = (fql.init_state(args, nets, OBS, jax.random.PRNGKey(0), f) for f in flows)
-    assert jax.tree.structure(s1.params["flow"]) == jax.tree.structure(flows[0])
-    for a, b in zip(jax.tree.leaves(s1.params["flow"]), jax.tree.leaves(flows[0]), strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert_same_leaves(s1.params["flow"], flows[0])
     for k in ("onestep", "critic"):
         for a, b in zip(jax.tree.leaves(s1.params[k]), jax.tree.leaves(s2.params[k]), strict=True):
             np.testing.assert_array_equal(a, b)  # the same whatever the checkpoint
@@ -158,13 +156,7 @@ def test_one_jitted_update_and_act():
     assert all(np.isfinite(float(v)) for v in m.values())
     for k in ("critic", "flow", "onestep"):
         assert not np.allclose(jax.tree.leaves(new.params[k])[0], jax.tree.leaves(state.params[k])[0]), k
-    trees = (new.target["critic"], state.params["critic"], state.target["critic"])
-    for t_new, p_old, t_old in zip(*(jax.tree.leaves(x) for x in trees), strict=True):
-        np.testing.assert_allclose(t_new, 0.005 * np.asarray(p_old) + 0.995 * np.asarray(t_old), rtol=1e-5, atol=1e-7)
-    after = (new.target["critic"], new.params["critic"], state.target["critic"])
-    lead = [np.abs(np.asarray(t) - (0.005 * np.asarray(p) + 0.995 * np.asarray(o))).max()
-            for t, p, o in zip(*(jax.tree.leaves(x) for x in after), strict=True)]
-    assert max(lead) > 1e-4  # the target moves towards the parameters before the step (one-step lag), not the new ones
+    assert_polyak_of_the_old_params(new.target["critic"], state.params["critic"], state.target["critic"], new.params["critic"])
 
     actor = jax.jit(lambda s, o, k: fql.act(args, nets, s, o, k))
     obs = jnp.ones(OBS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,7 +31,7 @@ def tiny(module, **kw):
 
 
 def flow_params(nets, seed):
-    return jax.jit(nets.actor.init)(jax.random.PRNGKey(seed), jnp.zeros((1, OBS)), jnp.zeros((1, D)), jnp.zeros((1, 1)))["params"]
+    return helpers.flow_params(nets, seed, OBS, D)
 
 
 def initializer(args, nets):
