@@ -14,7 +14,7 @@ import sys
 from collections import defaultdict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FILES = ["trqam.py", "qam.py", *sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "baselines", "*.py")))]
+FILES = ["trqam.py", "qam.py", *sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "baselines", "[a-z]*.py")))]
 # names every method defines its own way: its arguments, presets, state, networks, losses, update, actor, pipeline
 PER_METHOD = {"Args", "resolve_args", "main", "TrainState", "init_state", "update", "act", "Networks", "make_networks",
               "optimizer", "loss", "trqam_loss", "qam_loss", "summary", "dual_state"}
