@@ -19,6 +19,8 @@ from helpers import ROOT, TINY, assert_trees_equal, last_checkpoint, read_csv, r
 
 from utils import checkpoint
 
+pytestmark = pytest.mark.slow  # every test here starts an algorithm script in a subprocess
+
 PRE, OFF, ON = 10, 20, 30
 # knobs the cube-single presets leave at a degenerate value (QAM-E and QAM-F would be plain QAM there)
 EXTRA = {"dsrl.py": ["--noise-bound", "0.5"], "qam_e.py": ["--edit-scale", "0.5"], "qam_f.py": ["--fql-alpha", "10"]}

@@ -196,6 +196,7 @@ def test_presets_and_names():
 
 
 
+@pytest.mark.slow
 def test_bad_flags_one_line(tmp_path):
     p = run("baselines/cgql.py", *TINY, "--dataset-path", str(tmp_path), "--guidance-scale", "-1", check=False)
     assert p.returncode == 2 and p.stderr.strip().splitlines() == ["error: --guidance-scale must be non-negative, got -1.0"]

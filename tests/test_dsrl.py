@@ -76,6 +76,7 @@ def test_presets_follow_the_table_and_flags_win():
     assert dsrl.resolve_args(dsrl.Args(env_id="scene-play", noise_bound=0.9)).noise_bound == 0.9
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bound", ["0", "-0.5"])
 def test_bad_noise_bound_is_one_line(bound, tmp_path):
     p = run("baselines/dsrl.py", *TINY, "--run-dir", str(tmp_path / "r"), "--noise-bound", bound, check=False)

@@ -11,6 +11,8 @@ import pytest
 from flax import serialization
 from helpers import TINY, assert_trees_equal, kill_when_written, last_checkpoint, read_csv, run
 
+pytestmark = pytest.mark.slow  # every test here starts an algorithm script in a subprocess
+
 
 def final_state(run_dir):
     return last_checkpoint(run_dir)["tree"]["state"]

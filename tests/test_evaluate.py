@@ -127,6 +127,7 @@ def check_video(path: str, length: int) -> None:
     assert np.abs(frames[-1].astype(int) - frames[0]).mean() > 1  # the arm moved
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers, max_envs", [(0, 16), (0, 4), (2, 4), (3, 5)])
 def test_waves_equal_sequential_loop(reference, monkeypatch, workers, max_envs):
     """2 x 3 episodes: one wave in this process; waves of 4 + 2 episodes in this process (4 envs, no more); waves of
@@ -143,6 +144,7 @@ def test_waves_equal_sequential_loop(reference, monkeypatch, workers, max_envs):
 @pytest.mark.parametrize("env_name, horizon, action_dim", [("puzzle-3x3-play-singletask-task1-v0", 5, 5),
                                                           ("scene-play-singletask-task1-v0", 5, 5),
                                                           ("antmaze-large-navigate-singletask-task1-v0", 1, 8)])
+@pytest.mark.slow
 def test_other_domains_equal_sequential_loop(env_name, horizon, action_dim):
     """Puzzle, scene and a maze (its start noise comes from numpy's global RNG; H = 1), one env for two waves."""
 
@@ -160,6 +162,7 @@ def test_other_domains_equal_sequential_loop(env_name, horizon, action_dim):
     np.testing.assert_array_equal(np.random.get_state()[1], caller_rng)  # the caller's global RNG is left alone
 
 
+@pytest.mark.slow
 def test_video_with_workers_0_renders_in_a_process_of_its_own(tmp_path, monkeypatch):
     """This process says MUJOCO_GL=disable: a render process started with EGL replays episode 0 of seed 1 (seed 0's
     video is not asked for)."""
@@ -172,6 +175,7 @@ def test_video_with_workers_0_renders_in_a_process_of_its_own(tmp_path, monkeypa
     assert os.listdir(tmp_path / "videos") == ["step_7.mp4"]  # no temp file left behind
 
 
+@pytest.mark.slow
 def test_worker_errors_videos_and_a_killed_worker(tmp_path):
     """Workers started from a process with MUJOCO_GL=disable (no GL libraries needed) evaluate; an error inside a worker
     is reported with its traceback and the evaluator stays usable; the render process films an episode of theirs; a

@@ -77,6 +77,7 @@ def sweep_a(ray_cluster, data_dir, tmp_path_factory):
     return out, argv, err
 
 
+@pytest.mark.slow
 def test_tiny_sweep_runs_the_dag_and_a_rerun_trains_nothing(sweep_a):
     out, argv, err = sweep_a
     assert "6 runs: 6 to run (0 datagen, 2 bc, 4 finetune)" in err and "ETA" in err
@@ -106,6 +107,7 @@ def test_tiny_sweep_runs_the_dag_and_a_rerun_trains_nothing(sweep_a):
     assert snapshot() == before  # no checkpoint, train.csv or log touched
 
 
+@pytest.mark.slow
 def test_killed_run_is_retried_and_resumes_from_its_checkpoint(sweep_a):
     """Cut a finished run back to a run killed after step 20, rerun the sweep, SIGKILL the run once more after
     step 40: Ray retries it, it resumes, and ends bit-identical to the uninterrupted run."""
@@ -147,6 +149,7 @@ def test_killed_run_is_retried_and_resumes_from_its_checkpoint(sweep_a):
     assert read_csv(os.path.join(rd, "train.csv")) == ref_train  # earlier rows kept, no duplicates, same numbers
 
 
+@pytest.mark.slow
 def test_user_error_is_reported_once_and_not_retried(ray_cluster, tmp_path):
     """An empty data dir: the dataset is generated first (stage 1), then BC fails on a bad flag value after --."""
     data, out = str(tmp_path / "data"), str(tmp_path / "C")
@@ -231,6 +234,7 @@ def test_one_line_errors(flags, after, expect, data_dir, tmp_path, capsys, monke
     assert "is a file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_report_of_the_tiny_sweep(sweep_a, tmp_path):
     out, _, _ = sweep_a
     doc = tmp_path / "reported.csv"

@@ -178,6 +178,7 @@ def test_presets_and_invalid_alpha():
         fql.resolve_args(fql.Args(alpha=-0.5))
 
 
+@pytest.mark.slow
 def test_bad_alpha_is_one_line(tmp_path):
     p = run("baselines/fql.py", *TINY, "--run-dir", str(tmp_path / "r"), "--alpha", "-1", check=False)
     lines = [line for line in p.stderr.splitlines() if line.strip()]

@@ -72,6 +72,7 @@ def test_parse_env_id():
         parse_env_id("cube-double-play", "noisy")
 
 
+@pytest.mark.slow
 def test_cli_rejects_locomotion_with_one_line(tmp_path):
     r = _run("datagen", "--env-id", "antmaze-large-navigate-v0", "--episodes", "1", "--out", str(tmp_path))
     assert r.returncode == 2
@@ -81,6 +82,7 @@ def test_cli_rejects_locomotion_with_one_line(tmp_path):
 
 
 # ---------------------------------------------------------------------- reproducibility
+@pytest.mark.slow
 def test_same_seed_identical_any_workers_other_seed_differs(gen_a, tmp_path):
     b = generate_dataset("cube-single-play", episodes=2, seed=0, out_dir=str(tmp_path / "b"), workers=2, progress=False)
     for suffix in ("", "-val"):
@@ -172,6 +174,7 @@ def test_loads_and_relabels_through_ogbench(gen_a):
     assert any_success  # a play dataset passes through some task goals
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_info_cli_reports_a_generated_file(gen_a):
     """python -m datagen.info FILE: rows, transitions, episodes, dims, val, and per-task success
@@ -201,6 +204,7 @@ def test_info_cli_reports_a_generated_file(gen_a):
 
 
 # ------------------------------------------------------------------ sharding / parallel
+@pytest.mark.slow
 def test_sharded_parallel(gen_sharded, gen_a):
     d = gen_sharded
     assert os.path.basename(d) == NAME and os.path.isdir(d)
@@ -227,6 +231,7 @@ def test_sharded_parallel(gen_sharded, gen_a):
     assert "episodes:    2" in r.stdout and "task1:" in r.stdout
 
 
+@pytest.mark.slow
 def test_existing_foreign_file_is_not_overwritten(tmp_path):
     target = tmp_path / f"{NAME}.npz"
     target.write_bytes(b"official data, say")
@@ -294,6 +299,7 @@ def test_open_npz_missing_keys(tmp_path):
 
 
 # ---------------------------------------------------------------------------- crash safety
+@pytest.mark.slow
 def test_rerun_repairs_damage_and_skips_finished_files(gen_a, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(os.path.dirname(gen_a), out)
@@ -324,6 +330,7 @@ def test_rerun_repairs_damage_and_skips_finished_files(gen_a, tmp_path):
     assert json.loads(man_path.read_text())["complete"]
 
 
+@pytest.mark.slow
 def test_killed_cli_run_resumes_to_identical_output(gen_sharded, tmp_path):
     out = tmp_path / "killed"
     cmd = [

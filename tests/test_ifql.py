@@ -159,6 +159,7 @@ def test_presets_and_invalid_flags():
         ifql.resolve_args(ifql.Args(num_samples=0))
 
 
+@pytest.mark.slow
 def test_bad_expectile_is_one_line(tmp_path):
     p = run("baselines/ifql.py", *TINY, "--run-dir", str(tmp_path / "r"), "--expectile", "1", check=False)
     lines = [line for line in p.stderr.splitlines() if line.strip()]

@@ -21,6 +21,8 @@ from helpers import TINY, assert_trees_equal, kill_when_written, last_checkpoint
 from utils import online
 from utils.data import KEYS, chunk_at
 
+pytestmark = pytest.mark.slow  # every test here starts an algorithm script in a subprocess
+
 ONLINE, LIMIT, OFFLINE = 200, 23, 20
 
 

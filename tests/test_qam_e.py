@@ -80,6 +80,7 @@ def test_presets_follow_the_table_and_flags_win():
     assert (a.inv_temp, a.edit_scale) == (5.0, 0.2)
 
 
+@pytest.mark.slow
 def test_bad_edit_scale_is_one_line(tmp_path):
     p = run("baselines/qam_e.py", *TINY, "--run-dir", str(tmp_path / "r"), "--edit-scale", "-0.1", check=False)
     lines = [line for line in p.stderr.splitlines() if line.strip()]

@@ -129,6 +129,7 @@ def test_presets():
 
 
 
+@pytest.mark.slow
 def test_bad_flag_one_line(tmp_path):
     p = run("baselines/qam_f.py", *TINY, "--dataset-path", str(tmp_path), "--fql-alpha", "-1", check=False)
     assert p.returncode == 2 and p.stderr.strip().splitlines() == ["error: --fql-alpha must be non-negative, got -1.0"]

@@ -115,6 +115,7 @@ def test_presets():
 
 
 
+@pytest.mark.slow
 def test_bad_flags_one_line(tmp_path):
     p = run("baselines/rebrac.py", *TINY, "--dataset-path", str(tmp_path), "--pretrained-path", "x.msgpack", check=False)
     assert p.returncode == 2 and p.stderr.strip().splitlines() == ["error: ReBRAC has no flow: --pretrained-path is not accepted"]

@@ -114,6 +114,7 @@ class Killed(Exception):
     pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_at", ["pretrain:3", "pretrained", "offline:8", "offline:end", "online:3"])
 def test_resume_at_each_phase_boundary_equals_uninterrupted(dataset, tmp_path, monkeypatch, kill_at):
     """Die right after a checkpoint (or the BC flow file) is written, rerun: the same final state, key and logs."""
@@ -153,6 +154,7 @@ def test_resume_at_each_phase_boundary_equals_uninterrupted(dataset, tmp_path, m
             assert [r["step"] for r in read_csv(os.path.join(ref, f))] == [r["step"] for r in read_csv(os.path.join(rd, f))]
 
 
+@pytest.mark.slow
 def test_seeds_vmapped_equal_single_seed_runs(dataset, tmp_path):
     """--num-seeds 2: seed i's run directory matches the single-seed run of that seed (offline and online)."""
     kw = dict(offline_steps=6, online_steps=5, start_training=2, online_max_episode_steps=4, pretrain_steps=3)
@@ -182,6 +184,7 @@ def write_shards(directory: str, n: int) -> list[int]:
     return rows
 
 
+@pytest.mark.slow
 def test_shard_directory_streams_one_shard_at_a_time(tmp_path, monkeypatch):
     """4 shards: one resident (plus the one being prefetched), switched every --shard-interval updates on the
     schedule, every shard sampled over the run, and a resumed run continues with the same shard."""

@@ -10,6 +10,10 @@ import os
 import sys
 import time
 
+import pytest
+
+pytestmark = pytest.mark.slow  # every test here starts an algorithm script in a subprocess
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED_KEYS = ("trqam.final_kl", "trqam.kl_budget", "trqam.mean_q", "qam.final_kl", "qam.mean_q", "bc.mean_q")
 
