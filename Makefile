@@ -19,7 +19,7 @@ demo: $(VENV)/.installed   ## small generated dataset -> BC pretraining -> TRQAM
 test: $(VENV)/.installed   ## the whole test suite (CPU, ~11 min on 2 idle cores)
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q tests
 
-test-fast: $(VENV)/.installed   ## the suite without the subprocess runs marked slow (under 3 min)
+test-fast: $(VENV)/.installed   ## the suite without the subprocess runs marked slow (~5 min on 2 cores)
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q -m "not slow" tests
 
 bench: $(VENV)/.installed  ## update throughput at the paper's size and a small size
