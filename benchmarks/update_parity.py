@@ -2,9 +2,9 @@
 
 Runs the authors' agent (github yonghdong/trqam, agents/trqam.py and agents/qam.py, from an extracted copy given by
 --peer-src) and this project's trqam.py / qam.py side by side for --steps consecutive updates. Both start from the
-same parameters (the authors' freshly created agent with one flow loaded into actor_slow/actor_fast and their
-targets, as their main.py does with --pretrained_actor_path; this project's params/targets copied from it), see the
-same batches, and use the same random draws: the noises that the authors' update draws from its key (next-action
+same parameters (this project's seeded flow and critic, benchmarks/parity_inputs.py; the flow loaded into all four
+of the authors' actor slots, as their main.py does with --pretrained_actor_path, the critic into both critic
+slots), see the same batches, and use the same random draws: the noises that the authors' update draws from its key (next-action
 noise, BC time and noise, rollout start and step noises) are recomputed here and handed to this project's loss in
 place of its own draws. After every update the script compares each logged quantity (critic loss, q_mean, BC loss,
 adjoint-matching loss, path KL, lambda, KL EMA) and every parameter group (critic, base, policy, their targets).
@@ -23,6 +23,7 @@ project's side on the same inputs (benchmarks/parity_inputs.py) against it, with
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import runpy
@@ -55,8 +56,6 @@ def main() -> None:
     a = p.parse_args()
 
     peers = import_peer(a.peer_src)
-    import glob
-
     site = a.ours_site or next(iter(glob.glob(os.path.join(ROOT, ".venv", "lib", "python3*", "site-packages"))), None)
     sys.path.insert(0, ROOT)
     if site:

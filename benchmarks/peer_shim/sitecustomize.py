@@ -69,17 +69,9 @@ class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         pass
 
 
-def _is_installed(name):
-    sys.meta_path.remove(_finder) if _finder in sys.meta_path else None
-    try:
-        return importlib.util.find_spec(name) is not None and name not in ("tensorflow_probability",)
-    finally:
-        sys.meta_path.insert(0, _finder)
-
-
+# the installed ones are used as they are; tensorflow_probability is stood in always (it does not import under this jax)
+_installed = {n for n in STAND_INS if n != "tensorflow_probability" and importlib.util.find_spec(n) is not None}
 _finder = _Finder()
-_installed = set()
-_installed = {n for n in STAND_INS if _is_installed(n)}
 sys.meta_path.insert(0, _finder)
 
 
