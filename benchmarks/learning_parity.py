@@ -36,6 +36,8 @@ import subprocess
 import sys
 import time
 
+from experiments.algorithms import ALGORITHMS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIM = os.path.join(ROOT, "benchmarks", "peer_shim")
 PINS = ("jax", "jaxlib", "flax", "optax", "chex", "ogbench", "mujoco", "gymnasium", "numpy", "wandb", "tqdm")
@@ -93,14 +95,14 @@ def ours(a, data: str) -> dict:
         sh([sys.executable, "baselines/bc.py", *common, "--run-dir", bc_dir, "--pretrain-steps", str(a.bc_steps),
             "--offline-steps", "0", "--eval-interval", str(a.eval_interval)], os.path.join(base, "bc.log"), cwd=ROOT)
     pre = os.path.join(seed_dir(bc_dir, "{seed}"), "pretrained.msgpack")
-    knobs = {"trqam": ["--kl-budget", str(a.kl_budget)], "qam": ["--inv-temp", str(a.inv_temp)], "fql": []}
+    knobs = {"trqam": ["--kl-budget", str(a.kl_budget)], "qam": ["--inv-temp", str(a.inv_temp)]}
     out = {}
     for algo in list(a.algos) + list(a.ours_extra):
-        script = {"trqam": "trqam.py", "qam": "qam.py"}.get(algo, f"baselines/{algo}.py")
+        script = [ALGORITHMS[algo].script, *ALGORITHMS[algo].flags]
         run_dir = os.path.join(base, algo)
         if not os.path.exists(os.path.join(seed_dir(run_dir, a.seeds[-1]), "summary.json")):
             print(f"ours: {algo} ...", flush=True)
-            wall = sh([sys.executable, script, *common, "--run-dir", run_dir, "--pretrained-path", pre, "--offline-steps",
+            wall = sh([sys.executable, *script, *common, "--run-dir", run_dir, "--pretrained-path", pre, "--offline-steps",
                        str(a.steps), "--eval-interval", str(a.eval_interval), *knobs.get(algo, [])],
                       os.path.join(base, f"{algo}.log"), cwd=ROOT)
             print(f"ours: {algo} took {wall / 60:.1f} min", flush=True)
@@ -256,7 +258,8 @@ def main() -> None:
     p.add_argument("--kl-budget", type=float, default=1.0)
     p.add_argument("--inv-temp", type=float, default=3.0, help="QAM's beta (the paper's puzzle-3x3 value)")
     p.add_argument("--algos", nargs="+", default=["trqam", "qam"], choices=["trqam", "qam"])
-    p.add_argument("--ours-extra", nargs="*", default=[], help="further algorithms of this project, e.g. fql")
+    p.add_argument("--ours-extra", nargs="*", default=[], choices=sorted(set(ALGORITHMS) - {"bc"}),
+                   help="further algorithms of this project, e.g. fql")
     p.add_argument("--sides", nargs="+", default=["peer", "ours"], choices=["peer", "ours"])
     a = p.parse_args()
     if "peer" in a.sides and not a.peer_git:
