@@ -1,4 +1,4 @@
-"""Inspect an OGBench dataset file or shard directory; ``open_npz`` validates one ``.npz`` file.
+"""Inspect an OGBench dataset file or shard directory (each file validated by ``utils.files.open_npz``).
 
     python -m datagen.info DATA/cube-double-play-v0.npz
     python -m datagen.info DATA/cube-quadruple-play-100m-v0/ --env-id cube-quadruple-play-singletask-task1-v0

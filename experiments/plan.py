@@ -244,7 +244,7 @@ def format_plan(jobs: list[Job]) -> str:
     """Every command, grouped by stage; finished ones marked (they would be skipped)."""
     titles = {"datagen": "dataset generation", "bc": "BC pretraining (one per env, task, seed group)",
               "finetune": "fine-tuning from the BC checkpoints"}
-    lines = [f"# commands run in {ROOT} ; 'python' is the interpreter of the Ray workers (the project installed with pip install -e .)"]
+    lines = [f"# commands run in {ROOT}; 'python' is the interpreter of the Ray workers (the project installed with pip install -e .)"]
     for stage, title in titles.items():
         group = [j for j in jobs if j.stage == stage]
         if not group:

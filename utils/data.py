@@ -78,7 +78,7 @@ def default_data_dir() -> str:
 
 def resolve_dataset_path(env_name: str, dataset_path: str | None, generate_missing: int = 0) -> str:
     """`--dataset-path` (file or shard dir) if given, else the default data dir; generate on request."""
-    _, dataset_name, domain = split_env_name(env_name)
+    _, dataset_name, _ = split_env_name(env_name)
     if dataset_path is not None:
         candidates = [os.path.expanduser(dataset_path)]
         out_dir = os.path.dirname(candidates[0]) or "."
