@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Literal, NamedTuple, Optional
 
 import chex
@@ -23,8 +22,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from utils.algorithm import Algorithm
 from utils.args import RunArgs, check, cli, domain_of, fill_defaults, preset
-from utils.runner import Runner
+from utils.runner import setup, train
 
 
 # ========================================================================================= Args
@@ -281,6 +281,25 @@ def flow_act(args: RunArgs, nets: Any, flow: Any, obs: jax.Array, key: jax.Array
     return sample_flow(v, obs, jax.random.normal(key, (nets.actor.action_dim,)), args.flow_steps)
 
 
+@dataclass(frozen=True, eq=False)
+class FlowBC(Algorithm):
+    """The BC stage for the runner (utils/algorithm.py): flow matching (2) from scratch; its state's params are the flow."""
+
+    args: RunArgs
+    nets: Any
+    obs_dim: int
+    name = "bc"
+
+    def init(self, key: jax.Array, flow: Any = None) -> BCState:
+        return bc_init(self.args, self.nets, self.obs_dim, key)
+
+    def update(self, state: BCState, batch: dict) -> tuple[BCState, dict]:
+        return bc_update(self.args, self.nets, state, batch)
+
+    def act(self, state: BCState, obs: jax.Array, key: jax.Array) -> jax.Array:
+        return flow_act(self.args, self.nets, state.params, obs, key)
+
+
 # ================================================================================ QAM update
 class TrainState(NamedTuple):
     params: dict  # {"critic", "base", "policy"}: trained by one Adam
@@ -350,18 +369,32 @@ def act(args: Args, nets: Networks, state: TrainState, obs: jax.Array, key: jax.
     return flow_act(args, nets, state.params["policy"], obs, key)
 
 
+# ========================================================================== QAM for the runner
+@dataclass(frozen=True, eq=False)
+class QAM(Algorithm):
+    """QAM for the runner (utils/algorithm.py): the functions above, bound to the arguments and the networks."""
+
+    args: Args
+    nets: Networks
+    obs_dim: int
+    name = "qam"
+
+    def init(self, key: jax.Array, flow: Any) -> TrainState:
+        return init_state(self.args, self.nets, self.obs_dim, key, flow)
+
+    def update(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        return update(self.args, self.nets, state, batch)
+
+    def act(self, state: TrainState, obs: jax.Array, key: jax.Array) -> jax.Array:
+        return act(self.args, self.nets, state, obs, key)
+
+
 # ========================================================================================= main
 def main(args: Args) -> list[dict]:
-    """The pipeline: data -> BC flow (2) or a loaded one -> offline QAM -> online QAM -> summary."""
-    args = resolve_args(args)
-    run = Runner(args, "qam")  # data, run directories, resume point; fills the data-dependent defaults
-    args = run.args
-    nets = make_networks(args, run.chunk_dim)
-    flow = run.bc_stage(partial(bc_init, args, nets, run.obs_dim), partial(bc_update, args, nets), partial(flow_act, args, nets))
-    step, actor = partial(update, args, nets), partial(act, args, nets)
-    state = run.offline(partial(init_state, args, nets, run.obs_dim), flow, step, actor)
-    state = run.online(state, step, actor)
-    return run.finish(state, lambda s: {"inv_temp": jnp.float32(args.inv_temp)})
+    """The pipeline (utils/runner.py): data -> BC flow (2) or a loaded one -> offline QAM -> online QAM -> summary."""
+    args, data = setup(args, resolve_args)  # every default filled and every flag checked, before anything runs
+    nets = make_networks(args, data.act_dim * args.horizon)
+    return train(args, data, QAM(args, nets, data.obs_dim), bc=FlowBC(args, nets, data.obs_dim))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Literal, NamedTuple, Optional
 
 import chex
@@ -25,8 +24,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from utils.algorithm import Algorithm
 from utils.args import RunArgs, check, cli, domain_of, fill_defaults, preset
-from utils.runner import Runner
+from utils.runner import setup, train
 
 
 # ========================================================================================= Args
@@ -309,6 +309,25 @@ def flow_act(args: RunArgs, nets: Any, flow: Any, obs: jax.Array, key: jax.Array
     return sample_flow(v, obs, jax.random.normal(key, (nets.actor.action_dim,)), args.flow_steps)
 
 
+@dataclass(frozen=True, eq=False)
+class FlowBC(Algorithm):
+    """The BC stage for the runner (utils/algorithm.py): flow matching (2) from scratch; its state's params are the flow."""
+
+    args: RunArgs
+    nets: Any
+    obs_dim: int
+    name = "bc"
+
+    def init(self, key: jax.Array, flow: Any = None) -> BCState:
+        return bc_init(self.args, self.nets, self.obs_dim, key)
+
+    def update(self, state: BCState, batch: dict) -> tuple[BCState, dict]:
+        return bc_update(self.args, self.nets, state, batch)
+
+    def act(self, state: BCState, obs: jax.Array, key: jax.Array) -> jax.Array:
+        return flow_act(self.args, self.nets, state.params, obs, key)
+
+
 # ============================================================================== TRQAM update
 class TrainState(NamedTuple):
     params: dict  # {"critic", "base", "policy"}: trained by one Adam
@@ -388,19 +407,38 @@ def dual_state(args: Args, state: TrainState) -> dict:
     return {"lam": state.lam, "lam_eff": args.lam_scale * state.lam, "kl_avg": state.kl_avg, "kl_budget": state.kl_budget}
 
 
+# ======================================================================== TRQAM for the runner
+@dataclass(frozen=True, eq=False)
+class TRQAM(Algorithm):
+    """TRQAM for the runner (utils/algorithm.py): the functions above, bound to the arguments and the networks."""
+
+    args: Args
+    nets: Networks
+    obs_dim: int
+    name = "trqam"
+
+    def init(self, key: jax.Array, flow: Any) -> TrainState:
+        return init_state(self.args, self.nets, self.obs_dim, key, flow)
+
+    def update(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        return update(self.args, self.nets, state, batch)
+
+    def act(self, state: TrainState, obs: jax.Array, key: jax.Array) -> jax.Array:
+        return act(self.args, self.nets, state, obs, key)
+
+    def metrics(self, state: TrainState) -> dict:  # the trust region now: logged with every train row and in summary.json
+        return dual_state(self.args, state)
+
+    def start_online(self, state: TrainState) -> TrainState:  # METHOD 5: the online budget from the first online step on
+        return state._replace(kl_budget=jnp.float32(self.args.kl_budget_online))
+
+
 # ========================================================================================= main
 def main(args: Args) -> list[dict]:
-    """The pipeline: data -> BC flow (2) or a loaded one -> offline TRQAM -> online TRQAM -> summary."""
-    args = resolve_args(args)
-    run = Runner(args, "trqam")  # data, run directories, resume point; fills the data-dependent defaults
-    args = run.args
-    nets = make_networks(args, run.chunk_dim)
-    flow = run.bc_stage(partial(bc_init, args, nets, run.obs_dim), partial(bc_update, args, nets), partial(flow_act, args, nets))
-    step, actor, trust_region = partial(update, args, nets), partial(act, args, nets), partial(dual_state, args)
-    state = run.offline(partial(init_state, args, nets, run.obs_dim), flow, step, actor, log_state=trust_region)
-    online_budget = lambda s: s._replace(kl_budget=jnp.float32(args.kl_budget_online))  # METHOD 5
-    state = run.online(state, step, actor, start=online_budget, log_state=trust_region)
-    return run.finish(state, trust_region)
+    """The pipeline (utils/runner.py): data -> BC flow (2) or a loaded one -> offline TRQAM -> online TRQAM -> summary."""
+    args, data = setup(args, resolve_args)  # every default filled and every flag checked, before anything runs
+    nets = make_networks(args, data.act_dim * args.horizon)
+    return train(args, data, TRQAM(args, nets, data.obs_dim), bc=FlowBC(args, nets, data.obs_dim))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -22,8 +21,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from utils.algorithm import Algorithm
 from utils.args import RunArgs, check, cli, fill_defaults
-from utils.runner import Runner
+from utils.runner import setup, train
 
 
 # ========================================================================================= Args
@@ -141,6 +141,25 @@ def flow_act(args: RunArgs, nets: Any, flow: Any, obs: jax.Array, key: jax.Array
     return sample_flow(v, obs, jax.random.normal(key, (nets.actor.action_dim,)), args.flow_steps)
 
 
+@dataclass(frozen=True, eq=False)
+class FlowBC(Algorithm):
+    """The BC stage for the runner (utils/algorithm.py): flow matching (2) from scratch; its state's params are the flow."""
+
+    args: RunArgs
+    nets: Any
+    obs_dim: int
+    name = "bc"
+
+    def init(self, key: jax.Array, flow: Any = None) -> BCState:
+        return bc_init(self.args, self.nets, self.obs_dim, key)
+
+    def update(self, state: BCState, batch: dict) -> tuple[BCState, dict]:
+        return bc_update(self.args, self.nets, state, batch)
+
+    def act(self, state: BCState, obs: jax.Array, key: jax.Array) -> jax.Array:
+        return flow_act(self.args, self.nets, state.params, obs, key)
+
+
 # ============================================================== the BC method after the BC stage
 def init_state(args: Args, key: jax.Array, flow: Any) -> BCState:
     """Training goes on from the BC flow, with a fresh optimizer state."""
@@ -151,18 +170,32 @@ def act(args: Args, nets: Networks, state: BCState, obs: jax.Array, key: jax.Arr
     return flow_act(args, nets, state.params, obs, key)
 
 
+# =========================================================================== BC for the runner
+@dataclass(frozen=True, eq=False)
+class BC(Algorithm):
+    """BC for the runner (utils/algorithm.py): the functions above, bound to the arguments and the networks."""
+
+    args: Args
+    nets: Networks
+    obs_dim: int
+    name = "bc"
+
+    def init(self, key: jax.Array, flow: Any) -> BCState:
+        return init_state(self.args, key, flow)
+
+    def update(self, state: BCState, batch: dict) -> tuple[BCState, dict]:
+        return bc_update(self.args, self.nets, state, batch)
+
+    def act(self, state: BCState, obs: jax.Array, key: jax.Array) -> jax.Array:
+        return act(self.args, self.nets, state, obs, key)
+
+
 # ========================================================================================= main
 def main(args: Args) -> list[dict]:
-    """The pipeline: data -> BC flow (2) or a loaded one -> (more BC) -> summary with the flow's success."""
-    args = resolve_args(args)
-    run = Runner(args, "bc")  # data, run directories, resume point; fills the data-dependent defaults
-    args = run.args
-    nets = make_networks(args, run.chunk_dim)
-    flow = run.bc_stage(partial(bc_init, args, nets, run.obs_dim), partial(bc_update, args, nets), partial(flow_act, args, nets))
-    step, actor = partial(bc_update, args, nets), partial(act, args, nets)
-    state = run.offline(partial(init_state, args), flow, step, actor)
-    state = run.online(state, step, actor)
-    return run.finish(state)
+    """The pipeline (utils/runner.py): data -> BC flow (2) or a loaded one -> (more BC) -> summary with the flow's success."""
+    args, data = setup(args, resolve_args)  # every default filled and every flag checked, before anything runs
+    nets = make_networks(args, data.act_dim * args.horizon)
+    return train(args, data, BC(args, nets, data.obs_dim), bc=FlowBC(args, nets, data.obs_dim))
 
 
 if __name__ == "__main__":

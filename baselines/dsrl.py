@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, NamedTuple, Optional
 
 import chex
@@ -25,8 +24,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from utils.algorithm import Algorithm
 from utils.args import RunArgs, check, cli, domain_of, fill_defaults, preset
-from utils.runner import Runner
+from utils.runner import setup, train
 
 
 # ========================================================================================= Args
@@ -235,6 +235,25 @@ def flow_act(args: RunArgs, nets: Any, flow: Any, obs: jax.Array, key: jax.Array
     return sample_flow(v, obs, jax.random.normal(key, (nets.actor.action_dim,)), args.flow_steps)
 
 
+@dataclass(frozen=True, eq=False)
+class FlowBC(Algorithm):
+    """The BC stage for the runner (utils/algorithm.py): flow matching (2) from scratch; its state's params are the flow."""
+
+    args: RunArgs
+    nets: Any
+    obs_dim: int
+    name = "bc"
+
+    def init(self, key: jax.Array, flow: Any = None) -> BCState:
+        return bc_init(self.args, self.nets, self.obs_dim, key)
+
+    def update(self, state: BCState, batch: dict) -> tuple[BCState, dict]:
+        return bc_update(self.args, self.nets, state, batch)
+
+    def act(self, state: BCState, obs: jax.Array, key: jax.Array) -> jax.Array:
+        return flow_act(self.args, self.nets, state.params, obs, key)
+
+
 # =============================================================================== DSRL update
 class TrainState(NamedTuple):
     params: dict  # {"critic", "z_critic", "flow", "noise_policy", "alpha"}: trained by one Adam
@@ -319,19 +338,35 @@ def act(args: Args, nets: Networks, state: TrainState, obs: jax.Array, key: jax.
     return steered_action(nets, state.params["noise_policy"], v_ema, obs, key, args.noise_bound, args.flow_steps)
 
 
+# ========================================================================= DSRL for the runner
+@dataclass(frozen=True, eq=False)
+class DSRL(Algorithm):
+    """DSRL for the runner (utils/algorithm.py): the functions above, bound to the arguments and the networks."""
+
+    args: Args
+    nets: Networks
+    obs_dim: int
+    name = "dsrl"
+
+    def init(self, key: jax.Array, flow: Any) -> TrainState:
+        return init_state(self.args, self.nets, self.obs_dim, key, flow)
+
+    def update(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        return update(self.args, self.nets, state, batch)
+
+    def act(self, state: TrainState, obs: jax.Array, key: jax.Array) -> jax.Array:
+        return act(self.args, self.nets, state, obs, key)
+
+    def metrics(self, state: TrainState) -> dict:  # the SAC temperature now: logged with every train row and in summary.json
+        return {"alpha": self.nets.alpha.apply({"params": state.params["alpha"]})}
+
+
 # ========================================================================================= main
 def main(args: Args) -> list[dict]:
-    """The pipeline: data -> BC flow (2) or a loaded one -> offline DSRL -> online DSRL -> summary."""
-    args = resolve_args(args)
-    run = Runner(args, "dsrl")  # data, run directories, resume point; fills the data-dependent defaults
-    args = run.args
-    nets = make_networks(args, run.chunk_dim)
-    flow = run.bc_stage(partial(bc_init, args, nets, run.obs_dim), partial(bc_update, args, nets), partial(flow_act, args, nets))
-    step, actor = partial(update, args, nets), partial(act, args, nets)
-    state = run.offline(partial(init_state, args, nets, run.obs_dim), flow, step, actor)
-    state = run.online(state, step, actor)
-    extra = lambda s: {"noise_bound": jnp.float32(args.noise_bound), "alpha": nets.alpha.apply({"params": s.params["alpha"]})}
-    return run.finish(state, extra)
+    """The pipeline (utils/runner.py): data -> BC flow (2) or a loaded one -> offline DSRL -> online DSRL -> summary."""
+    args, data = setup(args, resolve_args)  # every default filled and every flag checked, before anything runs
+    nets = make_networks(args, data.act_dim * args.horizon)
+    return train(args, data, DSRL(args, nets, data.obs_dim), bc=FlowBC(args, nets, data.obs_dim))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ phases, evaluation, checkpoints, resume, the online loop) is utils/runner.py.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, NamedTuple, Optional
 
 import chex
@@ -23,8 +22,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from utils.algorithm import Algorithm
 from utils.args import RunArgs, check, cli, domain_of, fill_defaults, preset
-from utils.runner import Runner
+from utils.runner import setup, train
 
 
 # ========================================================================================= Args
@@ -216,17 +216,32 @@ def act(args: Args, nets: Networks, state: TrainState, obs: jax.Array, key: jax.
     return smoothed(a, jax.random.normal(key, a.shape), args.actor_noise)
 
 
+# ======================================================================= ReBRAC for the runner
+@dataclass(frozen=True, eq=False)
+class ReBRAC(Algorithm):
+    """ReBRAC for the runner (utils/algorithm.py): the functions above, bound to the arguments and the networks."""
+
+    args: Args
+    nets: Networks
+    obs_dim: int
+    name = "rebrac"
+
+    def init(self, key: jax.Array, flow: Any) -> TrainState:
+        return init_state(self.args, self.nets, self.obs_dim, key, flow)
+
+    def update(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        return update(self.args, self.nets, state, batch)
+
+    def act(self, state: TrainState, obs: jax.Array, key: jax.Array) -> jax.Array:
+        return act(self.args, self.nets, state, obs, key)
+
+
 # ========================================================================================= main
 def main(args: Args) -> list[dict]:
-    """The pipeline: data -> offline ReBRAC (its initial actor evaluated at step 0) -> online ReBRAC -> summary."""
-    args = resolve_args(args)
-    run = Runner(args, "rebrac")  # data, run directories, resume point; fills the data-dependent defaults
-    args = run.args
-    nets = make_networks(args, run.chunk_dim)
-    step, actor = partial(update, args, nets), partial(act, args, nets)
-    state = run.offline(partial(init_state, args, nets, run.obs_dim), None, step, actor)
-    state = run.online(state, step, actor)
-    return run.finish(state, lambda s: {"actor_alpha": jnp.float32(args.actor_alpha), "actor_noise": jnp.float32(args.actor_noise)})
+    """The pipeline (utils/runner.py): data -> offline ReBRAC (its initial actor evaluated at step 0) -> online ReBRAC -> summary."""
+    args, data = setup(args, resolve_args)  # every default filled and every flag checked, before anything runs
+    nets = make_networks(args, data.act_dim * args.horizon)
+    return train(args, data, ReBRAC(args, nets, data.obs_dim))
 
 
 if __name__ == "__main__":

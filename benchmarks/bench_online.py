@@ -1,4 +1,4 @@
-"""Online-phase throughput: environment steps/s of the real offline->online loop (utils/runner.py), per seed
+"""Online-phase throughput: environment steps/s of the real offline->online loop (utils/online.py), per seed
 and for several seeds in one process.
 
 Each configuration runs the algorithm's own ``main()`` in a fresh process on a synthetic cube-single dataset

@@ -2,7 +2,7 @@
 
 Ours: each algorithm module's own pieces -- ``make_networks``, the BC flow of ``bc_init(...).params``,
 ``init_state(args, nets, obs_dim, key, flow)`` and ``partial(update, args, nets)`` -- run through
-``utils.runner.make_block``, the jitted ``lax.scan`` of ``n`` updates that training dispatches, with
+``utils.updates.make_block``, the jitted ``lax.scan`` of ``n`` updates that training dispatches, with
 chunk batches sampled on the device from a synthetic dataset in OGBench's regular layout, and a
 leading seed axis (states stacked over seeds, one sampling key per seed). No environment or dataset
 file is needed; the weights are random (speed does not depend on their values).
@@ -52,7 +52,7 @@ import numpy as np
 from experiments.algorithms import ALGORITHMS
 from utils import data as datalib
 from utils.data import sample_chunks
-from utils.runner import make_block
+from utils.updates import make_block
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -2,7 +2,8 @@
 
 ``synthetic_file`` writes random values in OGBench's on-disk layout with an env's dimensions; ``timed`` runs
 ``MODULE.main(MODULE.Args(**args))`` in a subprocess (this file run as a script) and reports its steps per second
-between the first and the last train.csv row of one phase, so compilation and the first steps are excluded, and
+between the first and the last train.csv row of one phase (their ``wall_s`` column), so compilation and the first steps
+are excluded, and
 with ``memory`` its peak RSS and the peak bytes of live JAX arrays (sampled every 50 ms; on a CPU these are host
 memory too).
 """
@@ -52,6 +53,7 @@ def timed(module: str, args: dict, phase: str, memory: bool = False) -> dict[str
 
 
 def _child(module: str, args: dict, phase: str, memory: bool) -> None:
+    import csv
     import importlib
     import resource
     import threading
@@ -59,29 +61,21 @@ def _child(module: str, args: dict, phase: str, memory: bool) -> None:
 
     import jax
 
-    from utils import runner
-
-    peak, stop, times = {"device": 0}, threading.Event(), []
+    peak, stop = {"device": 0}, threading.Event()
 
     def watch() -> None:
         while not stop.is_set():
             peak["device"] = max(peak["device"], sum(x.nbytes for x in jax.live_arrays()))
             time.sleep(0.05)
 
-    log = runner.Runner._log_train
-
-    def logged(self, step, row_phase, *a, **k):
-        if row_phase == phase:
-            times.append((step, time.perf_counter()))
-        return log(self, step, row_phase, *a, **k)
-
-    runner.Runner._log_train = logged
     if memory:
         threading.Thread(target=watch, daemon=True).start()
     mod = importlib.import_module(module)
-    mod.main(mod.Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}))
+    summary = mod.main(mod.Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}))[0]
     stop.set()
-    (s0, t0), (s1, t1) = times[0], times[-1]
+    with open(os.path.join(summary["run_dir"], "train.csv"), newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["phase"] == phase]
+    (s0, t0), (s1, t1) = ((int(r["step"]), float(r["wall_s"])) for r in (rows[0], rows[-1]))
     result = {"steps_per_s": (s1 - s0) / (t1 - t0)}
     if memory:
         result.update(peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, peak_device_bytes=peak["device"])

@@ -27,9 +27,11 @@ def run(script: str, *args: str, check: bool = True, env_extra: dict | None = No
     return p
 
 
-def read_csv(path: str) -> list[dict]:
+def read_csv(path: str, wall_clock: bool = False) -> list[dict]:
+    """The rows of a CSV log; without ``wall_clock`` the train rows' ``wall_s`` column is left out (the one value that
+    differs between two runs of the same thing, e.g. a killed-and-resumed run and an uninterrupted one)."""
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        return [{k: v for k, v in r.items() if wall_clock or k != "wall_s"} for r in csv.DictReader(f)]
 
 
 def last_checkpoint(run_dir: str) -> dict:

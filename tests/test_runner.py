@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import jax
@@ -18,10 +19,11 @@ import pytest
 from conftest import write_random_dataset
 from helpers import assert_trees_equal, last_checkpoint, read_csv
 
-from utils import checkpoint
+from utils import checkpoint, updates
+from utils.algorithm import Algorithm
 from utils.args import RunArgs, fill_defaults
 from utils.errors import UserError
-from utils.runner import Runner
+from utils.runner import setup, train
 
 
 class Toy(NamedTuple):
@@ -67,14 +69,39 @@ def args_for(dataset: str, run_dir: str, **kw) -> RunArgs:
     return fill_defaults(RunArgs(**base))
 
 
-def pipeline(args: RunArgs, nan_at: int = -1) -> tuple[Runner, Toy]:
-    run = Runner(args, "toy")
-    update = lambda s, b: toy_update(s, b, nan_at)
-    flow = run.bc_stage(bc_init, bc_update, toy_act) if args.pretrain_steps or args.pretrained_path else None
-    state = run.offline(toy_init, flow, update, toy_act)
-    state = run.online(state, update, toy_act)
-    run.finish(state)
-    return run, state
+@dataclass(frozen=True, eq=False)
+class ToyMethod(Algorithm):
+    nan_at: int = -1
+    name = "toy"
+
+    def init(self, key, flow):
+        return toy_init(key, flow)
+
+    def update(self, state, batch):
+        return toy_update(state, batch, self.nan_at)
+
+    def act(self, state, obs, key):
+        return toy_act(state, obs, key)
+
+
+class ToyBC(Algorithm):
+    name = "bc"
+
+    def init(self, key, flow=None):
+        return bc_init(key)
+
+    def update(self, state, batch):
+        return bc_update(state, batch)
+
+    def act(self, state, obs, key):
+        return toy_act(state, obs, key)
+
+
+def pipeline(args: RunArgs, nan_at: int = -1):
+    """The runner's whole run of the toy method (from a toy BC stage when there is one): (the dataset, summaries)."""
+    args, data = setup(args, fill_defaults)
+    bc = ToyBC() if args.pretrain_steps or args.pretrained_path else None
+    return data, train(args, data, ToyMethod(nan_at), bc)
 
 
 @pytest.fixture(scope="module")
@@ -82,18 +109,18 @@ def dataset(tmp_path_factory) -> str:
     return write_random_dataset(str(tmp_path_factory.mktemp("runner") / "cube-single-play-v0.npz"), episodes=2, steps=30)
 
 
-def test_blocks_align_to_every_interval(dataset, tmp_path):
+def test_blocks_align_to_every_interval(dataset, tmp_path, monkeypatch):
     """Blocks end at every multiple of the log (3), eval (5) and checkpoint (4) intervals of the phase."""
-    rd = str(tmp_path / "r")
-    run, _ = pipeline(args_for(dataset, rd, pretrain_steps=7, eval_episodes=1))
-    lengths = sorted(n for (_, n) in run._jitted if isinstance(n, int))
+    rd, lengths, make_block = str(tmp_path / "r"), [], updates.make_block
+    monkeypatch.setattr(updates, "make_block", lambda update, n, *a: lengths.append(n) or make_block(update, n, *a))
+    pipeline(args_for(dataset, rd, pretrain_steps=7, eval_episodes=1))
     train = read_csv(os.path.join(rd, "train.csv"))
     pre = [r for r in train if r["phase"] == "pretrain"]
     off = [r for r in train if r["phase"] == "offline"]
     assert [int(r["step"]) for r in pre] == [3, 6, 7] and [int(r["phase_step"]) for r in off] == [3, 6, 9, 12]
     assert [int(r["step"]) for r in off] == [10, 13, 16, 19]  # global step = 7 + offline step
-    # offline ends at 3 4 5 6 8 9 10 12 and pretraining at 3 4 5 6 7: lengths 1, 2 and 3 only, one compile each
-    assert set(lengths) == {1, 2, 3}
+    # pretraining ends at 3 4 5 6 7 (lengths 3, 1) and offline at 3 4 5 6 8 9 10 12 (3, 1, 2): one compile each per stage
+    assert sorted(lengths) == [1, 1, 2, 3, 3]
     assert sorted(checkpoint.steps(os.path.join(rd, "checkpoints"))) == [4, 7, 7 + 4, 7 + 8, 7 + 12]  # pretrain 4 7, offline 4 8 12
     ev = read_csv(os.path.join(rd, "eval.csv"))
     assert [(int(r["step"]), int(r["phase_step"])) for r in ev] == [(7, 0), (12, 5), (17, 10), (19, 12)]
@@ -191,13 +218,13 @@ def test_shard_directory_streams_one_shard_at_a_time(tmp_path, monkeypatch):
     rows = write_shards(str(tmp_path / "shards"), 4)
     kw = dict(offline_steps=40, shard_interval=2, log_interval=2, checkpoint_interval=10, eval_interval=100)
     rd = str(tmp_path / "r")
-    run, _ = pipeline(args_for(str(tmp_path / "shards"), rd, **kw))
-    assert run.data.capacity == max(rows) and len(run.data._shards) <= 2
-    for arrays, n in (f.result() for f in run.data._shards.values()):
+    data, _ = pipeline(args_for(str(tmp_path / "shards"), rd, **kw))
+    assert data.capacity == max(rows) and len(data._shards) <= 2
+    for arrays, n in (f.result() for f in data._shards.values()):
         assert arrays["observations"].shape[0] == max(rows) and n in rows
     train = read_csv(os.path.join(rd, "train.csv"))
     used = [round(float(r["marker"])) for r in train]  # each row is one block of one shard
-    assert used == [run.data.shard_at(int(r["step"]) - 2) for r in train]
+    assert used == [data.shard_at(int(r["step"]) - 2) for r in train]
     assert set(used) == {0, 1, 2, 3} and len(set(used[:4])) > 1
     # a run killed at its checkpoint of step 20 resumes on the shard the schedule says, with the same result
     save = checkpoint.save
@@ -212,12 +239,12 @@ def test_shard_directory_streams_one_shard_at_a_time(tmp_path, monkeypatch):
     with pytest.raises(Killed):
         pipeline(args_for(str(tmp_path / "shards"), rd2, **kw))
     monkeypatch.setattr(checkpoint, "save", save)
-    assert checkpoint.read_meta(checkpoint.step_path(os.path.join(rd2, "checkpoints"), 20))["shard"] == run.data.shard_at(20)
+    assert checkpoint.read_meta(checkpoint.step_path(os.path.join(rd2, "checkpoints"), 20))["shard"] == data.shard_at(20)
     pipeline(args_for(str(tmp_path / "shards"), rd2, **kw))
     assert_trees_equal(last_checkpoint(rd)["tree"], last_checkpoint(rd2)["tree"])
     assert [r["marker"] for r in read_csv(os.path.join(rd2, "train.csv"))] == [r["marker"] for r in train]
     # the authors' order: in turn from shard 0
-    cycle = Runner(args_for(str(tmp_path / "shards"), str(tmp_path / "c"), shard_order="cycle", **kw), "toy").data
+    _, cycle = setup(args_for(str(tmp_path / "shards"), str(tmp_path / "c"), shard_order="cycle", **kw), fill_defaults)
     assert [cycle.shard_at(s) for s in range(0, 12, 2)] == [0, 1, 2, 3, 0, 1]
 
 
@@ -225,4 +252,4 @@ def test_bad_pretrained_path_and_dims(dataset, tmp_path):
     with pytest.raises(UserError, match="no flow checkpoint"):
         pipeline(args_for(dataset, str(tmp_path / "a"), pretrained_path=str(tmp_path / "none.msgpack")))
     with pytest.raises(UserError, match="fewer transitions than one action chunk"):
-        Runner(dataclasses.replace(args_for(dataset, str(tmp_path / "b")), horizon=500), "toy")
+        setup(dataclasses.replace(args_for(dataset, str(tmp_path / "b")), horizon=500), fill_defaults)

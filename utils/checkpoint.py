@@ -50,3 +50,28 @@ def steps(ckpt_dir: str) -> list[int]:
 def read_meta(path: str) -> dict:
     """The ``meta`` dict of a checkpoint without restoring its arrays' structure."""
     return load(path)[1]
+
+
+class Checkpoints:
+    """Every seed's checkpoints of one run, and its resume point: the newest step at which every seed has one (none: a
+    fresh run). ``phase`` and ``step`` say where the run resumes; each phase asks ``resumes(phase)``."""
+
+    def __init__(self, run_dirs: list[str]):
+        self.dirs = [os.path.join(d, "checkpoints") for d in run_dirs]
+        common = set.intersection(*(set(steps(d)) for d in self.dirs))
+        self.paths = [step_path(d, max(common)) for d in self.dirs] if common else None
+        self.metas = [read_meta(p) for p in self.paths] if self.paths else None
+        self.phase: str | None = self.metas[0]["phase"] if self.metas else None
+        self.step = int(self.metas[0]["step"]) if self.metas else 0
+
+    def resumes(self, phase: str) -> bool:
+        return self.phase == phase
+
+    def save(self, step: int, phase: str, trees: list[Any], metas: list[dict]) -> None:
+        """Seed i's ``trees[i]`` at global ``step`` of ``phase``, with ``metas[i]`` beside the phase and step."""
+        for d, tree, meta in zip(self.dirs, trees, metas, strict=True):
+            save(step_path(d, step), tree, {"phase": phase, "step": step, **meta})
+
+    def restore(self, templates: list[Any]) -> list[Any]:
+        """Each seed's resume checkpoint, restored into the structure of ``templates[i]``."""
+        return [load(p, t)[0] for p, t in zip(self.paths, templates, strict=True)]

@@ -142,7 +142,8 @@ class DeviceDataset:
     shard loads in a background thread while the current one trains."""
 
     def __init__(self, env_name: str, path: str, sparse: bool, interval: int, order: str, data_seed: int = 0):
-        self.env_name, self.sparse, self.interval, self.order, self.data_seed = env_name, sparse, interval, order, data_seed
+        self.env_name, self.path, self.sparse, self.interval, self.order = env_name, path, sparse, interval, order
+        self.data_seed = data_seed
         self.files = shard_files(path)
         self._env = make_env(env_name)
         self.obs_dim, self.act_dim = self._env.observation_space.shape[0], self._env.action_space.shape[0]

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from unittest import mock
 
 import imageio.v2 as imageio
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from utils.data import check_env, make_env
@@ -212,3 +214,40 @@ class Evaluator(contextlib.AbstractContextManager):
                 self._exchange({len(self._hosts) - 1: ("video", int(seeds[k]), actions, videos[k // E], obs[k])})
         return [{"success": float(s), "return": float(r), "length": float(ln), "policy_calls": float(calls)}
                 for s, r, ln in np.stack([success, ret, length]).reshape(3, N, E).mean(2).T]
+
+
+class PolicyEvaluation:
+    """The training run's evaluations: --eval-episodes episodes per seed of ``act(tree, obs, key)`` (one seed's policy,
+    vmapped over episodes and seeds, jitted once per ``act``). Episode e of a seed at global step ``step`` resets with
+    seed ``seed * 1000003 + step + e``, and its action noise at chunk c is keyed by (that seed, e, c); with videos, the
+    first episode of each seed is filmed to RUN_DIR/videos/step_N.mp4. The envs are made at the first evaluation."""
+
+    def __init__(self, env_name: str, seeds: list[int], episodes: int, workers: int | None, horizon: int, act_dim: int,
+                 video_dirs: list[str] | None):
+        self.env_name, self.seeds, self.episodes, self.workers = env_name, seeds, episodes, workers
+        self.horizon, self.act_dim, self.video_dirs = horizon, act_dim, video_dirs
+        self.evaluator: Evaluator | None = None
+        self._policies: dict[Callable, Callable] = {}
+
+    def __call__(self, act: Callable, tree: object, step: int) -> list[dict[str, float]]:
+        n, e = len(self.seeds), self.episodes
+        if self.evaluator is None:
+            workers = self.workers if self.workers is not None else default_workers(min(MAX_ENVS, n * e))
+            self.evaluator = Evaluator(self.env_name, n, e, workers)
+        if act not in self._policies:
+            def policy(tree, obs, seeds, chunk):
+                def one_seed(t, o, s):
+                    keys = jax.vmap(lambda j: jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(s), j), chunk))(jnp.arange(e))
+                    return jax.vmap(act, in_axes=(None, 0, 0))(t, o, keys)
+                return jax.vmap(one_seed)(tree, obs, seeds).reshape(n, e, self.horizon, self.act_dim)
+
+            self._policies[act] = jax.jit(policy)
+        seeds = np.asarray([(s * 1_000_003 + step) % 2**32 for s in self.seeds], np.uint32)
+        videos = [os.path.join(d, "videos", f"step_{step}.mp4") for d in self.video_dirs] if self.video_dirs else None
+        policy = self._policies[act]
+        return self.evaluator.run(lambda obs, c: np.asarray(policy(tree, obs, seeds, c)),
+                                  [[int(s) + j for j in range(e)] for s in seeds], videos)
+
+    def close(self) -> None:
+        if self.evaluator is not None:
+            self.evaluator.close()

@@ -1,11 +1,16 @@
-"""What a run directory receives as it goes: args.json, CSV tables, summary.json, and wandb when asked."""
+"""What a run directory receives as it goes: args.json, CSV tables, summary.json, and wandb when asked; ``Logs`` writes
+them for all seeds of a run, with the progress bar and the metric sums between two train rows."""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
 import os
+import time
 from typing import Any
+
+import numpy as np
+from tqdm import tqdm
 
 from utils.files import write_json
 
@@ -78,3 +83,58 @@ class RunLog:
         if self.wandb is not None:
             self.wandb.summary.update(summary)
             self.wandb.finish()
+
+
+class MetricSums:
+    """Each seed's metrics summed since the last train row (a block's means weighted by its updates); checkpoints
+    carry them so that a resumed run writes the same rows."""
+
+    def __init__(self, sums: dict[str, np.ndarray] | None = None, count: int = 0):
+        self.sums, self.count = sums or {}, count
+
+    def add(self, metrics: dict[str, Any], n: int) -> None:
+        self.sums = {k: self.sums.get(k, 0.0) + np.asarray(v, np.float64) * n for k, v in metrics.items()}
+        self.count += n
+
+    def means(self) -> dict[str, np.ndarray]:
+        return {k: v / self.count for k, v in self.sums.items()}
+
+    def meta(self, i: int) -> dict[str, Any]:
+        """Seed i's sums for its checkpoint's meta (nothing when no update is pending)."""
+        return {"log_sums": {k: float(v[i]) for k, v in self.sums.items()}, "log_count": self.count} if self.sums else {}
+
+    @classmethod
+    def from_metas(cls, metas: list[dict]) -> MetricSums:
+        keys = metas[0].get("log_sums", {})
+        return cls({k: np.array([m["log_sums"][k] for m in metas]) for k in keys}, int(metas[0].get("log_count", 0)))
+
+
+class Logs:
+    """All seeds' run directories (one ``RunLog`` each), the progress bar over the global steps, and each seed's newest
+    evaluation. Train rows carry ``wall_s``, the seconds since this process opened the run."""
+
+    def __init__(self, run_dirs: list[str], args: Any, seeds: list[int], resume_step: int | None, total: int):
+        self.runs = [RunLog(d, dataclasses.replace(args, seed=s), resume_step)  # args.json: its own seed
+                     for d, s in zip(run_dirs, seeds, strict=True)]
+        self.last_eval = [log.last_eval() for log in self.runs]
+        self.bar = tqdm(total=total, initial=resume_step or 0, dynamic_ncols=True, mininterval=1.0, unit="step")
+        self.t0 = time.time()
+
+    def train(self, step: int, phase: str, phase_step: int, metrics: dict[str, np.ndarray], extra: list[dict] | None = None) -> None:
+        """One train row per seed: seed i's ``metrics[k][i]`` (and ``extra[i]``)."""
+        wall = time.time() - self.t0
+        for i, log in enumerate(self.runs):
+            row = {"phase_step": phase_step, **(extra[i] if extra else {}), **{k: float(v[i]) for k, v in metrics.items()}}
+            log.log("train", step, phase, {**row, "wall_s": round(wall, 3)})
+        self.bar.set_postfix({k: f"{float(metrics[k][0]):.3g}" for k in ("lam", "kl") if k in metrics}, refresh=False)
+        self.bar.update(step - self.bar.n)
+
+    def eval(self, step: int, phase: str, phase_step: int, results: list[dict]) -> None:
+        for i, r in enumerate(results):
+            self.last_eval[i] = r
+            self.runs[i].log("eval", step, phase, {"phase_step": phase_step, **r})
+
+    def close(self, summaries: list[dict]) -> None:
+        self.bar.close()
+        for log, summary in zip(self.runs, summaries, strict=True):
+            log.close(summary)
