@@ -3,6 +3,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# pytest-xdist workers: one per core, at most 4 (each holds its own JAX and MuJoCo; the scripts the tests start add more)
+JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))
 
 .PHONY: demo test test-fast bench lint
 
@@ -16,11 +18,11 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 demo: $(VENV)/.installed   ## small generated dataset -> BC pretraining -> TRQAM -> eval -> report (~7.5 min, 2 CPU cores)
 	$(PY) examples/demo.py
 
-test: $(VENV)/.installed   ## the whole test suite (CPU, ~11 min on 2 idle cores)
-	JAX_PLATFORMS=cpu $(PY) -m pytest -q tests
+test: $(VENV)/.installed   ## the whole test suite (CPU; about 10 min on 2 cores)
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n $(JOBS) tests
 
-test-fast: $(VENV)/.installed   ## the suite without the subprocess runs marked slow (~5 min on 2 cores)
-	JAX_PLATFORMS=cpu $(PY) -m pytest -q -m "not slow" tests
+test-fast: $(VENV)/.installed   ## the suite without the subprocess runs marked slow (about 2.5 min on 2 cores)
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n $(JOBS) -m "not slow" tests
 
 bench: $(VENV)/.installed  ## update throughput at the paper's size and a small size
 	$(PY) benchmarks/bench_update.py --json benchmarks/last_run.json
