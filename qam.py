@@ -3,8 +3,9 @@
 A flow policy is fine-tuned by adjoint matching on the memoryless SDE, guided by a learned critic
 ensemble at a fixed inverse temperature beta = --inv-temp (TRQAM's predecessor: no trust region,
 lambda_eff = 1). Equation numbers (N) refer to docs/METHOD.md. Read top to bottom: Args and presets,
-networks, the equations, the BC stage, the QAM update and actor, main(). What is not the method
-(data, phases, evaluation, checkpoints, resume, the online loop) is utils/runner.py.
+networks, the equations, the BC stage, the QAM update and actor, the ``QAM`` class (those functions
+bound for the runner), main(). What is not the method (data, phases, evaluation, checkpoints,
+resume, the online loop) is utils/runner.py, which trains any utils.algorithm.Algorithm.
 
     python qam.py --env-id cube-double-play --task-id 2 --offline-steps 1000000
     python qam.py --env-id puzzle-3x3-play --task-id 4 --offline-steps 1000000 --online-steps 500000

@@ -4,8 +4,9 @@ A BC-pretrained flow policy is fine-tuned by adjoint matching on the memoryless 
 learned critic ensemble, while projected dual descent on the trust-region parameter lambda holds
 the closed-form path-space KL to the behaviour prior at a budget. Equation numbers (N) refer to
 docs/METHOD.md. Read top to bottom: Args and presets, networks, the equations, the BC stage, the
-TRQAM update and actor, main(). What is not the method (data, phases, evaluation, checkpoints,
-resume, the online loop) is utils/runner.py.
+TRQAM update and actor, the ``TRQAM`` class (those functions bound for the runner: init, update,
+act, metrics, start_online), main(). What is not the method (data, phases, evaluation,
+checkpoints, resume, the online loop) is utils/runner.py, which trains any utils.algorithm.Algorithm.
 
     python trqam.py --env-id cube-double-play --task-id 2 --offline-steps 1000000
     python trqam.py --env-id cube-double-play --task-id 2 --offline-steps 1000000 --online-steps 500000

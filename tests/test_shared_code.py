@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import ast
 import glob
+import importlib
+import inspect
 import os
 import sys
 from collections import defaultdict
+
+from utils.algorithm import Algorithm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = ["trqam.py", "qam.py", *sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "baselines", "[a-z]*.py")))]
@@ -21,7 +25,7 @@ PER_METHOD = {"Args", "resolve_args", "main", "TrainState", "init_state", "updat
 # what trqam.py and qam.py must share at least (so this test cannot pass by sharing nothing)
 CORE = {"MLP", "VelocityField", "CriticEnsemble", "sample_flow", "bc_flow_loss", "td_loss", "sde_schedule", "memoryless_rollout",
         "terminal_adjoint", "lean_adjoint", "adjoint_matching", "adjoint_matching_loss", "path_kl", "polyak", "BCState", "bc_init",
-        "bc_update", "flow_act"}
+        "bc_update", "flow_act", "FlowBC"}
 
 
 def definitions(path: str) -> dict[str, str]:
@@ -44,6 +48,19 @@ def test_shared_definitions_are_identical():
             if len(sources) > 1:
                 differing[name] = files
     assert not differing, f"shared definitions differ between files: {differing}"
+
+
+def test_every_file_hands_one_algorithm_to_the_runner():
+    """Each file defines one Algorithm of its own (besides the shared BC stage FlowBC), implementing init, update and act
+    itself, and its main() is setup -> networks -> utils.runner.train with that Algorithm."""
+    for f in FILES:
+        mod = importlib.import_module(f[:-3].replace("/", "."))
+        own = [c for _, c in inspect.getmembers(mod, inspect.isclass)
+               if c.__module__ == mod.__name__ and issubclass(c, Algorithm) and c.__name__ != "FlowBC"]
+        assert len(own) == 1, (f, own)
+        assert {"init", "update", "act"} <= set(vars(own[0])), f
+        main = inspect.getsource(mod.main)
+        assert "setup(args, resolve_args)" in main and f"train(args, data, {own[0].__name__}(" in main, f
 
 
 def test_no_algorithm_file_imports_another():
