@@ -74,6 +74,19 @@ def five_row_batch(seed: int, obs_dim: int, chunk_dim: int) -> dict:
             "valid": jnp.asarray([[1, 1], [1, 1], [1, 0], [1, 1], [1, 1]], jnp.float32)}
 
 
+def random_chunk_batch(seed: int, b: int, obs_dim: int, chunk_dim: int, horizon: int) -> dict:
+    """A random chunk batch of ``b`` rows: rewards in {0, -1, -2}, random masks, row 0's chunk cut before its last step."""
+    import jax.numpy as jnp
+
+    r = np.random.default_rng(seed)
+    valid = np.ones((b, horizon), np.float32)
+    valid[0, -1] = 0.0
+    batch = {"observations": r.normal(size=(b, obs_dim)), "actions": r.uniform(-1, 1, (b, chunk_dim)),
+             "next_observations": r.normal(size=(b, obs_dim)), "rewards": -r.integers(0, 3, b), "masks": r.integers(0, 2, b),
+             "valid": valid}
+    return {k: jnp.asarray(x, jnp.float32) for k, x in batch.items()}
+
+
 def assert_same_leaves(a, b) -> None:
     """Two pytrees with the same structure and bit-identical leaves."""
     import jax
@@ -90,6 +103,13 @@ def flow_params(nets, seed: int, obs_dim: int, chunk_dim: int):
 
     zeros = jnp.zeros((1, obs_dim)), jnp.zeros((1, chunk_dim)), jnp.zeros((1, 1))
     return jax.jit(nets.actor.init)(jax.random.PRNGKey(seed), *zeros)["params"]
+
+
+def initializer(module, args, nets, obs_dim: int):
+    """``module.init_state(args, nets, obs_dim, PRNGKey(0), flow)``, jitted, as a function of the flow."""
+    import jax
+
+    return jax.jit(lambda f: module.init_state(args, nets, obs_dim, jax.random.PRNGKey(0), f))
 
 
 def assert_polyak_of_the_old_params(new_target, old_params, old_target, new_params, tau: float = 0.005) -> None:

@@ -30,17 +30,8 @@ def flow_params(nets, seed):
     return helpers.flow_params(nets, seed, OBS, D)
 
 
-def initializer(args, nets):
-    return jax.jit(lambda f: dsrl.init_state(args, nets, OBS, jax.random.PRNGKey(0), f))
-
-
 def make_batch(seed=0, b=8):
-    r = np.random.default_rng(seed)
-    valid = np.ones((b, H), np.float32)
-    valid[0, -1] = 0.0
-    batch = {"observations": r.normal(size=(b, OBS)), "actions": r.uniform(-1, 1, (b, D)), "next_observations": r.normal(size=(b, OBS)),
-             "rewards": -r.integers(0, 3, b), "masks": r.integers(0, 2, b), "valid": valid}
-    return {k: jnp.asarray(x, jnp.float32) for k, x in batch.items()}
+    return helpers.random_chunk_batch(seed, b, OBS, D, H)
 
 
 @partial(jax.jit, static_argnums=(1, 2))
@@ -54,7 +45,7 @@ def perturbed(tree, scale, seed):
 def setup():
     """A state whose online and target critic / flow differ, and whose alpha is not 1 (so mixing them up shows)."""
     args, nets = tiny()
-    state = initializer(args, nets)(flow_params(nets, 1))
+    state = helpers.initializer(dsrl, args, nets, OBS)(flow_params(nets, 1))
     moved = perturbed({k: state.params[k] for k in ("critic", "flow")}, 0.3, 2)
     params = {**state.params, **moved, "alpha": {"log_value": jnp.float32(0.7)}}
     return args, nets, state._replace(params=params)
@@ -228,7 +219,7 @@ def test_act_samples_noise_and_steers_the_ema_flow(setup):
 def test_checkpoint_loads_into_the_flow_and_its_target_only():
     """docs/BASELINES.md 0.6: v_beta and vbar_beta are the BC flow; critic, noise critic, noise policy and alpha are fresh."""
     args, nets = tiny()
-    init, flow = initializer(args, nets), flow_params(nets, 1)
+    init, flow = helpers.initializer(dsrl, args, nets, OBS), flow_params(nets, 1)
     sa, sb = init(flow), init(perturbed(flow, 0.5, 9))
     for x, y, z in zip(*(jax.tree.leaves(t) for t in (sa.params["flow"], sa.target["flow"], flow)), strict=True):
         np.testing.assert_array_equal(x, z)

@@ -34,9 +34,6 @@ def flow_params(nets, seed):
     return helpers.flow_params(nets, seed, OBS, D)
 
 
-def initializer(args, nets):
-    return jax.jit(lambda f: qam_e.init_state(args, nets, OBS, jax.random.PRNGKey(0), f))
-
 
 @partial(jax.jit, static_argnums=(1, 2))
 def perturbed(tree, scale, seed):
@@ -46,12 +43,7 @@ def perturbed(tree, scale, seed):
 
 
 def make_batch(seed=0, b=8):
-    r = np.random.default_rng(seed)
-    valid = np.ones((b, H), np.float32)
-    valid[0, -1] = 0.0
-    batch = {"observations": r.normal(size=(b, OBS)), "actions": r.uniform(-1, 1, (b, D)), "next_observations": r.normal(size=(b, OBS)),
-             "rewards": -r.integers(0, 3, b), "masks": r.integers(0, 2, b), "valid": valid}
-    return {k: jnp.asarray(x, jnp.float32) for k, x in batch.items()}
+    return helpers.random_chunk_batch(seed, b, OBS, D, H)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +51,7 @@ def setup():
     """A QAM-E state whose online and target critic differ, whose policy has left its base, and whose alpha_e is not 1;
     and the QAM state with the same critic, flows and targets."""
     args, nets = tiny(qam_e)
-    state = initializer(args, nets)(flow_params(nets, 1))
+    state = helpers.initializer(qam_e, args, nets, OBS)(flow_params(nets, 1))
     moved = perturbed({k: state.params[k] for k in ("critic", "policy", "edit")}, 0.3, 2)
     params = {**state.params, **moved, "edit_alpha": {"log_value": jnp.float32(-0.4)}}
     state = state._replace(params=params)
@@ -199,7 +191,7 @@ def test_zero_edit_scale_is_qam_update(setup):
 def test_checkpoint_loads_into_base_target_base_and_policy_only():
     """docs/BASELINES.md 0.6: base, target base and policy are the BC flow; critic, edit policy and alpha_e are fresh."""
     args, nets = tiny(qam_e)
-    init, flow = initializer(args, nets), flow_params(nets, 1)
+    init, flow = helpers.initializer(qam_e, args, nets, OBS), flow_params(nets, 1)
     sa, sb = init(flow), init(perturbed(flow, 0.5, 9))
     for tree in (sa.params["base"], sa.params["policy"], sa.target["base"]):
         for x, y in zip(jax.tree.leaves(tree), jax.tree.leaves(flow), strict=True):
