@@ -56,10 +56,13 @@ def train(args: RunArgs, data: DeviceDataset, algorithm: Algorithm, bc: Algorith
     """The whole run of ``algorithm`` from the BC flow of ``bc`` (None: no BC stage, ``init`` gets flow None); returns
     each seed's summary."""
     run = Run.open(args, data, algorithm.name)
-    bc_states = pretrain_stage(run, bc)
-    state = offline_phase(run, algorithm, bc, bc_states)
-    state, online_info = online_phase(run, algorithm, state)
-    return finish(run, algorithm, state, online_info)
+    try:
+        bc_states = pretrain_stage(run, bc)
+        state = offline_phase(run, algorithm, bc, bc_states)
+        state, online_info = online_phase(run, algorithm, state)
+        return finish(run, algorithm, state, online_info)
+    finally:  # also when a run stops early (a non-finite metric, an interrupt): no evaluation worker is left behind
+        run.evaluation.close()
 
 
 @dataclass
@@ -169,7 +172,6 @@ def offline_phase(run: Run, algorithm: Algorithm, bc: Algorithm | None, bc_state
 def finish(run: Run, algorithm: Algorithm, state: Tree, online_info: list[dict]) -> list[dict]:
     """summary.json per seed: the final evaluation, step counts, wall time, ``algorithm.metrics`` of the final state."""
     a, s = run.args, run.schedule
-    run.evaluation.close()
     values = jax.device_get(jax.vmap(algorithm.metrics)(state))
     summaries = [{"algorithm": run.name, "env": run.data.env_name, "seed": seed, "steps": s.total, "pretrain_steps": s.pretrain,
                   "offline_steps": a.offline_steps, "online_steps": a.online_steps, **online_info[i],
