@@ -21,7 +21,7 @@ demo: $(VENV)/.installed   ## small generated dataset -> BC pretraining -> TRQAM
 test: $(VENV)/.installed   ## the whole test suite (CPU; about 10 min on 2 cores)
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n $(JOBS) tests
 
-test-fast: $(VENV)/.installed   ## the suite without the subprocess runs marked slow (about 2.5 min on 2 cores)
+test-fast: $(VENV)/.installed   ## the suite without the subprocess runs marked slow (under 3 min on 2 cores)
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n $(JOBS) -m "not slow" tests
 
 bench: $(VENV)/.installed  ## update throughput at the paper's size and a small size
