@@ -54,15 +54,16 @@ def read_meta(path: str) -> dict:
 
 class Checkpoints:
     """Every seed's checkpoints of one run, and its resume point: the newest step at which every seed has one (none: a
-    fresh run). ``phase`` and ``step`` say where the run resumes; each phase asks ``resumes(phase)``."""
+    fresh run). ``phase`` and ``step`` (from seed 0's ``meta``) say where the run resumes; each phase asks
+    ``resumes(phase)``. The other seeds' files are read once, by ``restore``."""
 
     def __init__(self, run_dirs: list[str]):
         self.dirs = [os.path.join(d, "checkpoints") for d in run_dirs]
         common = set.intersection(*(set(steps(d)) for d in self.dirs))
         self.paths = [step_path(d, max(common)) for d in self.dirs] if common else None
-        self.metas = [read_meta(p) for p in self.paths] if self.paths else None
-        self.phase: str | None = self.metas[0]["phase"] if self.metas else None
-        self.step = int(self.metas[0]["step"]) if self.metas else 0
+        self.meta = read_meta(self.paths[0]) if self.paths else {}
+        self.phase: str | None = self.meta.get("phase")
+        self.step = int(self.meta.get("step", 0))
 
     def resumes(self, phase: str) -> bool:
         return self.phase == phase
@@ -72,6 +73,6 @@ class Checkpoints:
         for d, tree, meta in zip(self.dirs, trees, metas, strict=True):
             save(step_path(d, step), tree, {"phase": phase, "step": step, **meta})
 
-    def restore(self, templates: list[Any]) -> list[Any]:
-        """Each seed's resume checkpoint, restored into the structure of ``templates[i]``."""
-        return [load(p, t)[0] for p, t in zip(self.paths, templates, strict=True)]
+    def restore(self, templates: list[Any]) -> list[tuple[Any, dict]]:
+        """Each seed's resume checkpoint, (its tree in the structure of ``templates[i]``, its meta)."""
+        return [load(p, t) for p, t in zip(self.paths, templates, strict=True)]

@@ -136,7 +136,7 @@ class OnlineLoop:
                       for n in {0, a.utd_ratio}}
         self.acting = jax.jit(jax.vmap(algorithm.act))
         self.act_keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(s), ACT_KEY) for s in run.seeds])
-        self.acc = update_sums(algorithm, state, run.data.at(self.off_end)[0], a)  # metric sums since the last train row
+        self.acc = update_sums(algorithm, state, N, run.data.at(self.off_end)[0], a)  # metric sums since the last train row
         self.episodes = [Episode() for _ in run.seeds]
         self.obs: list[np.ndarray] = []
         self.exact = [True] * N  # whether each env was restored exactly on resume
@@ -229,17 +229,15 @@ class OnlineLoop:
     def resume(self, state: Tree) -> tuple[int, Tree, jax.Array]:
         """The newest checkpoint: states, keys, metric sums, the rows so far, each episode's counters and queue, and each
         env, replaying its current episode. Returns (env steps done, states, keys)."""
-        ckpts, N = self.run.checkpoints, self.N
-        t = int(ckpts.metas[0]["env_step"])
+        ckpts = self.run.checkpoints
+        t = int(ckpts.meta["env_step"])
         if t > self.T:
             raise UserError(f"{ckpts.paths[0]} is at online env step {t}, past --online-steps {self.T}: use another --run-dir")
         empty = {k: np.zeros((t,) + v.shape[2:], np.float32) for k, v in self.rows.items()}
-        templates = [{"state": s, "key": k, **more} for s, k, more in
-                     zip(unstack(state, N), self.run.keys.for_phase("online"), self.checkpoint_trees([empty] * N), strict=True)]
-        restored = ckpts.restore(templates)
-        state, keys, self.acc = (stack([ck[k] for ck in restored]) for k in ("state", "key", "acc"))
+        state, keys, restored, metas = self.run.restore(state, self.run.keys.for_phase("online"), self.checkpoint_trees([empty] * self.N))
+        self.acc = stack([ck["acc"] for ck in restored])
         self.rows = {k: v.at[:, :t].set(np.stack([ck["rows"][k] for ck in restored])) for k, v in self.rows.items()}
-        for i, (ck, m) in enumerate(zip(restored, ckpts.metas, strict=True)):
+        for i, (ck, m) in enumerate(zip(restored, metas, strict=True)):
             self.episodes[i] = Episode(m["episode"], m["episode_return"], m["episode_length"], list(ck["queue"][: m["queue_len"]]))
             replay = ck["rows"]["actions"][t - m["episode_length"]: t]  # the current episode's actions so far
             obs, self.exact[i] = restore_env(self.envs[i], episode_seed(self.run.seeds[i], m["episode"]), replay, ck["env"])
@@ -247,11 +245,11 @@ class OnlineLoop:
         return t, state, keys
 
 
-def update_sums(algorithm: Algorithm, state: Tree, data: dict, a: Any) -> dict[str, jax.Array]:
+def update_sums(algorithm: Algorithm, state: Tree, num_seeds: int, data: dict, a: Any) -> dict[str, jax.Array]:
     """Zeroed per-seed sums of the update's metrics and of the update count, summed on the device between train rows."""
     batch = jax.eval_shape(lambda k: sample_chunks(data, k, a.batch_size, a.horizon, a.discount), jax.random.PRNGKey(0))
     names = jax.eval_shape(lambda s, b: algorithm.update(s, b)[1], unstack(state, 1)[0], batch)
-    return {k: jnp.zeros(jax.tree.leaves(state)[0].shape[0]) for k in ["updates", *names]}
+    return {k: jnp.zeros(num_seeds) for k in ["updates", *names]}
 
 
 def online_step(update: Callable, n_updates: int, batch_size: int, horizon: int, discount: float, balanced: bool) -> Callable:

@@ -95,16 +95,20 @@ class Run:
              more: list[dict] | None = None, metas: list[dict] | None = None) -> None:
         """Each seed's checkpoint at ``step``: its state, its sampling key and ``more[i]``; the meta holds the shard, the
         metric sums pending for the next train row and ``metas[i]``."""
-        n = len(self.seeds)
-        trees = [{"state": s, "key": k, **(more[i] if more else {})} for i, (s, k) in enumerate(zip(unstack(state, n), keys, strict=True))]
-        meta = [{"shard": self.data.shard_at(step), **(metas[i] if metas else {}), **(sums.meta(i) if sums else {})} for i in range(n)]
-        self.checkpoints.save(step, phase, trees, meta)
+        meta = [{"shard": self.data.shard_at(step), **(metas[i] if metas else {}), **(sums.meta(i) if sums else {})}
+                for i in range(len(self.seeds))]
+        self.checkpoints.save(step, phase, self.trees(state, keys, more), meta)
 
-    def restore(self, state: Tree, keys: jax.Array) -> tuple[Tree, jax.Array]:
-        """(states, sampling keys) of the resume checkpoints, into the structure of ``state`` and ``keys``."""
-        templates = [{"state": s, "key": k} for s, k in zip(unstack(state, len(self.seeds)), keys, strict=True)]
-        restored = stack(self.checkpoints.restore(templates))
-        return restored["state"], restored["key"]
+    def restore(self, state: Tree, keys: jax.Array, more: list[dict] | None = None) -> tuple[Tree, jax.Array, list[dict], list[dict]]:
+        """The resume checkpoints in the structure ``save`` wrote them (``state``, ``keys`` and ``more`` are templates):
+        (states, sampling keys, each seed's whole restored tree, each seed's meta)."""
+        trees, metas = zip(*self.checkpoints.restore(self.trees(state, keys, more)), strict=True)
+        return stack([t["state"] for t in trees]), stack([t["key"] for t in trees]), list(trees), list(metas)
+
+    def trees(self, state: Tree, keys: jax.Array, more: list[dict] | None = None) -> list[dict]:
+        """What seed i's checkpoint holds: its state, its sampling key, and ``more[i]``."""
+        return [{"state": s, "key": k, **(more[i] if more else {})}
+                for i, (s, k) in enumerate(zip(unstack(state, len(self.seeds)), keys, strict=True))]
 
     def log_train(self, step: int, phase: str, algorithm: Algorithm, state: Tree, metrics: dict, extra: list[dict] | None = None) -> None:
         """A train row per seed: ``metrics`` (one value per seed) and ``algorithm.metrics`` of the state now."""
@@ -128,10 +132,11 @@ def pretrain_stage(run: Run, bc: Algorithm | None) -> Tree | None:
         return states._replace(params=stack([load_flow(run, a.pretrained_path.format(seed=s), template) for s in run.seeds]))
     if P == 0 or ckpts.phase not in (None, "pretrain"):
         return states
-    keys, start = run.keys.for_phase("pretrain"), 0
+    keys, start, sums = run.keys.for_phase("pretrain"), 0, None
     if ckpts.resumes("pretrain"):
-        (states, keys), start = run.restore(states, keys), ckpts.step
-    states, _ = run_updates(run, "pretrain", bc, states, keys, start)
+        states, keys, _, metas = run.restore(states, keys)
+        start, sums = ckpts.step, MetricSums.from_metas(metas)
+    states, _ = run_updates(run, "pretrain", bc, states, keys, start, sums)
     meta = {"obs_dim": run.data.obs_dim, "action_dim": run.data.act_dim * a.horizon, "horizon": a.horizon, "env": run.data.env_name,
             "hidden_dims": list(a.actor_hidden_dims), "layer_norm": a.actor_layer_norm, "steps": P}
     for d, flow in zip(run.run_dirs, unstack(states.params, len(run.seeds)), strict=True):
@@ -158,15 +163,17 @@ def offline_phase(run: Run, algorithm: Algorithm, bc: Algorithm | None, bc_state
     state = jax.vmap(algorithm.init)(run.keys.init, None if bc_states is None else bc_states.params)
     if ckpts.resumes("online"):
         return state
+    sums = None
     if ckpts.resumes("offline"):
-        (state, keys), start = run.restore(state, run.keys.for_phase("offline")), ckpts.step
+        state, keys, _, metas = run.restore(state, run.keys.for_phase("offline"))
+        start, sums = ckpts.step, MetricSums.from_metas(metas)
     else:
         keys, start = run.keys.for_phase("offline"), P
         if run.args.eval_episodes > 0:
             run.evaluate(*((bc.act, bc_states) if bc is not None else (algorithm.act, state)), P, "offline")
         if run.schedule.offline == 0:  # no offline updates: still leave a resume point
             run.save(P, "offline", state, keys)
-    return run_updates(run, "offline", algorithm, state, keys, start, evaluate=True)[0]
+    return run_updates(run, "offline", algorithm, state, keys, start, sums, evaluate=True)[0]
 
 
 def finish(run: Run, algorithm: Algorithm, state: Tree, online_info: list[dict]) -> list[dict]:

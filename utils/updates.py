@@ -53,13 +53,12 @@ def check_finite(metrics: dict, phase: str, step: int) -> None:
 
 
 def run_updates(run: Run, phase: str, algorithm: Algorithm, state: Tree, keys: jax.Array, start: int,
-                evaluate: bool = False) -> tuple[Tree, jax.Array]:
+                sums: MetricSums | None = None, evaluate: bool = False) -> tuple[Tree, jax.Array]:
     """Global steps [start, end of ``phase``) of ``algorithm.update`` in blocks. After each block: a non-finite metric
-    stops the run; every --log-interval updates a train row (block means weighted by their updates); then, where due,
-    an evaluation of ``algorithm.act`` (with ``evaluate``) and a checkpoint. Returns (states, sampling keys)."""
-    a, schedule = run.args, run.schedule
-    resumed = run.checkpoints.resumes(phase) and start == run.checkpoints.step
-    sums = MetricSums.from_metas(run.checkpoints.metas) if resumed else MetricSums()  # the pending sums of a resumed run
+    stops the run; every --log-interval updates a train row (block means weighted by their updates, from ``sums``, the
+    pending ones of a resumed run); then, where due, an evaluation of ``algorithm.act`` (with ``evaluate``) and a
+    checkpoint. Returns (states, sampling keys)."""
+    a, schedule, sums = run.args, run.schedule, sums or MetricSums()
     state = jax.tree.map(jnp.copy, state)  # own buffers: the blocks donate them, and init may share leaves
     step, end = start, schedule.end(phase)
     while step < end:
