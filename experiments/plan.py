@@ -19,7 +19,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from datagen.recipe import MANIP_DOMAINS
-from experiments.algorithms import ALGORITHMS, Algorithm
+from experiments.algorithms import ALGORITHMS, Method
 from experiments.job import CMD_FILE, ROOT
 from utils.errors import UserError
 
@@ -209,7 +209,7 @@ def build_plan(o, extras: list[str]) -> list[Job]:
     return jobs
 
 
-def algorithm_job(name: str, algo: Algorithm, env: str, task: int, seeds: list[int], o, out: str, dataset: str, extras: list[str],
+def algorithm_job(name: str, algo: Method, env: str, task: int, seeds: list[int], o, out: str, dataset: str, extras: list[str],
             eval_workers: int | None, res: dict, deps: list[str]) -> Job:
     """One process training ``seeds`` of (algorithm, env, task); run dirs OUT/{name}/{env}-task{t}/seed{s}."""
     base = os.path.join(out, name, f"{env}-task{task}")

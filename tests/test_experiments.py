@@ -18,7 +18,7 @@ from conftest import write_random_dataset
 from helpers import assert_trees_equal, last_checkpoint, read_csv
 
 from experiments import job, plan, report, results, sweep
-from experiments.algorithms import Algorithm
+from experiments.algorithms import Method
 from utils.errors import UserError
 
 TINY = ["--actor-hidden-dims", "32", "32", "--value-hidden-dims", "32", "32", "--num-qs", "2", "--batch-size", "16",
@@ -222,7 +222,7 @@ def test_dry_run_prints_the_grouped_plan(data_dir, tmp_path, capsys):
     ([], ["--seed", "3"], "--seed after -- is set by the sweep"),
 ])
 def test_one_line_errors(flags, after, expect, data_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(plan.ALGORITHMS, "ghost", Algorithm("ghost", "Ghost", "baselines/ghost.py"))  # a method whose script is missing
+    monkeypatch.setitem(plan.ALGORITHMS, "ghost", Method("ghost", "Ghost", "baselines/ghost.py"))  # a method whose script is missing
     base = ["--algos", "trqam", "--env-ids", "cube-single-play", "--out", str(tmp_path / "E"), "--data-dir", data_dir]
     code = sweep.main(base + flags + (["--", *after] if after else []))  # argparse: the later --algos wins
     err = capsys.readouterr().err.strip().splitlines()
