@@ -9,6 +9,7 @@ per worker per chunk step. An episode depends only on its reset seed and actions
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import multiprocessing as mp
 import os
 import signal
@@ -17,7 +18,6 @@ import traceback
 from collections.abc import Callable, Sequence
 from unittest import mock
 
-import imageio.v2 as imageio
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -80,6 +80,8 @@ class _Envs:
     def video(self, seed: int, actions: np.ndarray, path: str, final_obs: np.ndarray) -> None:
         """Replay an episode on env 0; write an MP4 of the state after the reset and after every VIDEO_FRAME_SKIP
         steps to ``path`` (atomically). A replay that does not end where the episode did writes nothing."""
+        import imageio.v2 as imageio  # pyproject's optional 'experiments' extra: only filming needs it
+
         env = self.envs[0].unwrapped
         fps = 1.0 / (getattr(env, "dt", None) or env.control_timestep()) / VIDEO_FRAME_SKIP
         with tempfile.TemporaryDirectory() as tmp:
@@ -226,6 +228,8 @@ class PolicyEvaluation:
                  video_dirs: list[str] | None):
         self.env_name, self.seeds, self.episodes, self.workers = env_name, seeds, episodes, workers
         self.horizon, self.act_dim, self.video_dirs = horizon, act_dim, video_dirs
+        if video_dirs and not all(importlib.util.find_spec(m) for m in ("imageio", "imageio_ffmpeg")):
+            raise UserError("--capture-video needs imageio and imageio-ffmpeg: pip install -e '.[experiments]'")
         self.evaluator: Evaluator | None = None
         self._policies: dict[Callable, Callable] = {}
 
