@@ -26,7 +26,8 @@ class RunArgs:
     run_dir: Optional[str] = None  # default runs/{env}__{exp_name}__{seed}; with --num-seeds N > 1 the seeds go to RUN_DIR/seed{seed}
     capture_video: bool = False  # render the first episode of each evaluation to videos/step_N.mp4 in the run directory
 
-    # environment and data (docs/DATA.md)
+    # environment and data (docs/DATA.md); a blank line after each section comment, else tyro shows it as the next flag's help
+
     env_id: str = "cube-double-play"  # short OGBench name (with --task-id) or a full one like cube-double-play-singletask-task2-v0
     task_id: int = 1
     dataset_path: Optional[str] = None  # an OGBench .npz file or shard directory (default: $OGBENCH_DATA_DIR or ~/.ogbench/data)
@@ -36,6 +37,7 @@ class RunArgs:
     shard_order: Literal["random", "cycle"] = "random"  # next shard: random, or in order from shard 0 (the authors' code)
 
     # the two-stage pipeline and its phases (docs/METHOD.md section 7)
+
     pretrain_steps: int = 300_000  # BC pretraining steps of the flow (2) run first; ignored with --pretrained-path
     pretrained_path: Optional[str] = None  # a flow checkpoint (pretrained.msgpack) of any BC stage; '{seed}' formatted per seed
     offline_steps: int = 1_000_000
@@ -46,8 +48,9 @@ class RunArgs:
     online_max_episode_steps: Optional[int] = None  # time limit of the online training env's episodes (default: the env's own)
 
     # networks and optimisation shared by every method (docs/METHOD.md section 2)
-    batch_size: int = 256
-    learning_rate: float = 3e-4
+
+    batch_size: int = 256  # chunks per update
+    learning_rate: float = 3e-4  # Adam step size of every network
     actor_hidden_dims: Optional[tuple[int, ...]] = None  # flow MLP (default 4x512, or 4x1024 for datasets above 2M transitions)
     actor_layer_norm: Optional[bool] = None  # default: on for datasets above 2M transitions
     value_hidden_dims: Optional[tuple[int, ...]] = None
@@ -59,8 +62,9 @@ class RunArgs:
     flow_steps: int = 10  # K Euler steps of the flow
 
     # evaluation, logging, checkpoints
-    eval_interval: int = 50_000
-    eval_episodes: int = 50
+
+    eval_interval: int = 50_000  # steps between evaluations (offline: updates; online: environment steps)
+    eval_episodes: int = 50  # episodes per evaluation and seed (0: no evaluation)
     eval_workers: Optional[int] = None  # processes stepping the evaluation envs (0: in this process; default: by the cores available)
     log_interval: int = 5_000  # updates per train.csv row (online: environment steps)
     checkpoint_interval: int = 100_000
