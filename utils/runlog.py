@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import os
+import re
 import time
 from typing import Any
 
@@ -53,6 +55,32 @@ class CSVLog:
             csv.DictWriter(f, self.fields).writerow(row)
 
 
+SWEEP_CMD_FILE = "sweep_cmd.json"  # experiments/job.py's record of a run a sweep started (utils never imports experiments)
+
+
+def _wandb_safe(text: str) -> str:
+    """``text`` with what a wandb run id may not hold (``/ \\ # ? % :`` and spaces) replaced by ``-``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
+
+
+def wandb_init_kwargs(run_dir: str, args: Any) -> dict[str, Any]:
+    """The ``wandb.init`` arguments of one seed's run directory. The id is unique per run directory (a readable prefix,
+    then a hash of its absolute path), stable across resumes of the same directory: two sweeps' ``.../seed0`` never share
+    a wandb run. The group is the sweep (the directory three levels above a sweep's run, ``OUT/{algo}/{env}-task{t}/seed{s}``)
+    or else ``--exp-name``; the tags are the algorithm (``--exp-name``, which a sweep sets to the method), env and task."""
+    path = os.path.abspath(run_dir)
+    env, task = args.env_id, args.task_id
+    if m := re.fullmatch(r"(.+)-singletask-task(\d+)(?:-v0)?", env):  # a full OGBench name names its task
+        env, task = m.group(1), int(m.group(2))
+    readable = _wandb_safe(f"{args.exp_name}-{env}-task{task}-seed{args.seed}")[:48]
+    run_id = f"{readable}-{hashlib.sha1(path.encode()).hexdigest()[:12]}"
+    in_sweep = os.path.exists(os.path.join(path, SWEEP_CMD_FILE))
+    group = os.path.basename(os.path.dirname(os.path.dirname(os.path.dirname(path)))) if in_sweep else args.exp_name
+    return dict(project=args.wandb_project_name, entity=args.wandb_entity, config=dataclasses.asdict(args), id=run_id,
+                name=f"{args.exp_name}/{env}-task{task}/seed{args.seed}", group=group,
+                tags=[t[:64] for t in (args.exp_name, env, f"task{task}")], dir=run_dir, resume="allow", reinit="create_new")
+
+
 class RunLog:
     """One seed's run directory: the CSV tables, summary.json, and a wandb run when ``args.track``."""
 
@@ -64,9 +92,7 @@ class RunLog:
         if args.track:
             import wandb
 
-            name = os.path.basename(os.path.normpath(run_dir))
-            self.wandb = wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=dataclasses.asdict(args),
-                                    name=name, dir=run_dir, resume="allow", id=name[:64], reinit="create_new")
+            self.wandb = wandb.init(**wandb_init_kwargs(run_dir, args))
 
     def last_eval(self) -> dict[str, float]:
         """The metrics of the newest row of eval.csv kept on resume (empty for a fresh run)."""
@@ -109,6 +135,13 @@ class MetricSums:
         return cls({k: np.array([m["log_sums"][k] for m in metas]) for k in keys}, int(metas[0].get("log_count", 0)))
 
 
+def eval_line(name: str, seed: int, step: int, phase: str, phase_step: int, r: dict[str, float], episodes: int) -> str:
+    """``[qam seed 0] step 10000 (offline step 10000) eval: success 34.0% (50 episodes), return -412.3, length 380``."""
+    nan = float("nan")
+    return (f"[{name} seed {seed}] step {step} ({phase} step {phase_step}) eval: success {100 * r.get('success', nan):.1f}% "
+            f"({episodes} episodes), return {r.get('return', nan):.1f}, length {r.get('length', nan):.0f}")
+
+
 class Logs:
     """All seeds' run directories (one ``RunLog`` each), the progress bar over the global steps, and each seed's newest
     evaluation. Train rows carry ``wall_s``, the seconds since this process opened the run."""
@@ -117,6 +150,7 @@ class Logs:
         self.runs = [RunLog(d, dataclasses.replace(args, seed=s), resume_step)  # args.json: its own seed
                      for d, s in zip(run_dirs, seeds, strict=True)]
         self.last_eval = [log.last_eval() for log in self.runs]
+        self.name, self.seeds, self.episodes = args.exp_name, seeds, args.eval_episodes
         self.bar = tqdm(total=total, initial=resume_step or 0, dynamic_ncols=True, mininterval=1.0, unit="step")
         self.t0 = time.time()
 
@@ -130,9 +164,11 @@ class Logs:
         self.bar.update(step - self.bar.n)
 
     def eval(self, step: int, phase: str, phase_step: int, results: list[dict]) -> None:
+        """An eval row per seed, and one line per seed on stdout (above the progress bar)."""
         for i, r in enumerate(results):
             self.last_eval[i] = r
             self.runs[i].log("eval", step, phase, {"phase_step": phase_step, **r})
+            tqdm.write(eval_line(self.name, self.seeds[i], step, phase, phase_step, r, self.episodes))
 
     def close(self, summaries: list[dict]) -> None:
         self.bar.close()
