@@ -23,6 +23,7 @@ import numpy as np
 
 from experiments import figures, results
 from experiments.results import (
+    PROBLEMS,
     REPORTED_CSV,
     Reported,
     Run,
@@ -42,6 +43,7 @@ from experiments.results import (
 from utils.errors import UserError
 from utils.files import atomic_write
 
+MARK = "†"  # a cell whose numbers may lack runs: some of their files could not be read in full
 CSV_FIELDS = ("method", "algo", "env", "task", "seed", "domain", "finished", "final_success", "bc_success", "phase",
               "offline_steps", "online_steps", "last_step", "run_dir")
 
@@ -52,8 +54,34 @@ def pct(x: float | None, std: float | None = None) -> str:
     return f"{100 * x:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
 
 
+def num(x: float | None, fmt: str) -> str:
+    return "–" if x is None else format(x, fmt)
+
+
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def flagged_cells(runs: list[Run], scores: results.Scores) -> set[tuple[str, str, int]]:
+    """(algo, env, task) cells that lack a run's number because a file of it could not be read in full: its final success
+    (an unreadable summary.json: not finished; a non-finite one), or, for BC, its evaluation of the BC flow when no other
+    run of that seed gave one."""
+    out = set()
+    for r in runs:
+        if r.problems and r.success is None:
+            out.add((r.algo, r.env, r.task))
+        if r.problems and r.from_flow and r.bc_success is None and r.seed not in scores.get("bc", {}).get((r.env, r.task), {}):
+            out.add(("bc", r.env, r.task))
+    return out
+
+
+def problems_section(root: str) -> list[str]:
+    """report.md's list of the inputs that could not be read in full (the warnings printed on stderr)."""
+    if not PROBLEMS.found:
+        return []
+    return ["## Inputs that could not be read", "", f"What these files lack is left out of every number (never read as 0); "
+            f"the cells it touches are marked {MARK}. The same lines were printed on stderr.", ""] + table(
+        ["file", "what is wrong"], [[os.path.relpath(p, root), w.replace("|", "/")] for p, w in PROBLEMS.found.items()]) + [""]
 
 
 def write_results_csv(runs: list[Run], root: str) -> str:
@@ -75,6 +103,7 @@ def write_report(path: str, note: str = "", reps: int = 2000, reported: str = RE
     return the report.md path."""
     if not os.path.isdir(path):
         raise UserError(f"{path} is not a directory")
+    PROBLEMS.clear()  # each report warns about (and lists) every input it could not read
     if is_run_dir(path):
         run = load_run(path)
         if run is None:
@@ -109,7 +138,9 @@ def single_report(run_dir: str, run: Run, note: str) -> str:
         calls = int(ev[0].get("policy_calls", 0))
         if run.bc_success is not None:
             items.append(("success of the pretrained (BC) policy", f"{pct(run.bc_success)}% ({calls} policy calls, one per chunk)"))
-        items.append(("final success", f"{pct(ev[-1]['success'])}% over {a.get('eval_episodes')} episodes"))
+        last = ev[-1].get("success")
+        items.append(("final success", f"{pct(last)}% over {a.get('eval_episodes')} episodes" if last is not None
+                      else f"– {MARK} (the last evaluation's success could not be read)"))
     if "lam" in s:
         nan = float("nan")
         items.append(("final λ / KL EMA / budget", f"{s['lam']:.3g} / {s.get('kl_avg', nan):.3g} / {s.get('kl_budget', nan):.3g}"))
@@ -122,8 +153,9 @@ def single_report(run_dir: str, run: Run, note: str) -> str:
     lines += table(["item", "value"], [list(i) for i in items])
     lines += ["", "![learning curves](figures/curves.png)", "", "## Evaluations", ""]
     lines += table(["step", "phase", "phase step", "success", "return", "length"],
-                   [[f"{r['step']:.0f}", str(r.get("phase", "")), f"{r.get('phase_step', 0):.0f}", f"{pct(r['success'])}%",
-                     f"{r.get('return', float('nan')):.1f}", f"{r.get('length', float('nan')):.0f}"] for r in ev])
+                   [[f"{r['step']:.0f}", str(r.get("phase", "")), f"{r.get('phase_step', 0):.0f}", f"{pct(r.get('success'))}%",
+                     num(r.get("return"), ".1f"), num(r.get("length"), ".0f")] for r in ev])
+    lines += [""] + problems_section(run_dir)
     out = os.path.join(run_dir, "report.md")
     atomic_write(out, ("\n".join(lines) + "\n").encode())
     return out
@@ -147,7 +179,10 @@ def sweep_report(root: str, runs: list[Run], note: str, reps: int, poi_reps: int
     os.makedirs(fig_dir, exist_ok=True)
     write_results_csv(runs, root)
 
+    flagged = flagged_cells(runs, scores)
+    expected = {r.algo for r in runs} | ({"bc"} if any(r.from_flow for r in runs) else set())  # BC: evaluated by every run from it
     lines = [f"# Sweep report: {os.path.basename(os.path.normpath(root))}", ""] + ([note, ""] if note else [])
+    problems_at = len(lines)  # the note on unreadable inputs goes here once all were read (figures read train.csv)
     lines += [f"{len(runs)} run directories: {len(finished)} finished, {len(unfinished)} not finished (listed at the end, "
               "left out of every number). Success rates in %; ± is the sample standard deviation over seeds.",
               f"Setting: {setting_line([r for r in finished if r.algo != 'bc'] or runs)}. BC is the pretrained flow, evaluated "
@@ -169,6 +204,9 @@ def sweep_report(root: str, runs: list[Run], note: str, reps: int, poi_reps: int
                       f"{agg.poi_reps} resamples):", ""]
             lines += table(["method", "P(TRQAM > method)", "95% CI"],
                            [[method_name(a), f"{p:.2f}", f"[{c[0]:.2f}, {c[1]:.2f}]"] for a, (p, c) in agg.poi.items()])
+        if flagged:
+            lines += ["", f"{MARK} Some runs' numbers could not be read (their files are listed at the end): they are not in "
+                      "these aggregates."]
         figures.aggregate_bars(agg, os.path.join(fig_dir, "aggregate.png"))
         lines += ["", "![aggregates](figures/aggregate.png)"]
     lines += [""]
@@ -180,20 +218,27 @@ def sweep_report(root: str, runs: list[Run], note: str, reps: int, poi_reps: int
               "means shown. Reported rows: the numbers published for the same phase (experiments/reported.csv) for the domains "
               "shown here; their all is over the domains where our row has a number too, named where that is not all of "
               "ours (their setting may differ in data, tasks, seeds and steps).", ""]
+    cols = cols or domain_order({r.domain for r in runs})
+    flagged_doms = {(a, results.DOMAIN_COLUMNS.get(env, env)) for a, env, _ in flagged}
     rows = []
-    for a in method_order(dom):
-        rows.append([f"**{method_name(a)}**"] + [pct(*dom[a][c]) if c in dom[a] else "–" for c in cols] + [pct(dom[a]["all"][0])])
+    for a in method_order(set(dom) | expected):
+        mine = dom.get(a, {})
+        rows.append([f"**{method_name(a)}**"] + [(pct(*mine[c]) if c in mine else "–") + (f" {MARK}" if (a, c) in flagged_doms else "")
+                                                 for c in cols] + [pct(mine["all"][0]) if "all" in mine else "–"])
         for rep in reported:
             if a in rep.rows and setting_matches(rep, [r for r in finished if r.algo == a]):
                 vals = rep.rows[a]
-                both = [c for c in cols if c in vals and c in dom[a]]  # its "all": the domains ours has too, named
+                both = [c for c in cols if c in vals and c in mine]  # its "all": the domains ours has too, named
                 shown = [vals[c][0] for c in both]
                 seeds = f", {rep.setting['seeds']} seeds" if "seeds" in rep.setting else ""
                 rows.append([f"{method_name(a)} (reported: {rep.source}{seeds})"]
                             + [f"{vals[c][0]:g}" + (f" ± {vals[c][1]:g}" if vals[c][1] is not None else "") if c in vals else "–"
-                               for c in cols] + [f"{np.mean(shown):.1f}" + ("" if len(both) == len(dom[a]) - 1 else f" ({', '.join(both)})")
+                               for c in cols] + [f"{np.mean(shown):.1f}" + ("" if len(both) == len(mine) - 1 else f" ({', '.join(both)})")
                                                  if shown else "–"])
     lines += table(["method"] + cols + ["all"], rows) + [""]
+    if flagged_doms:
+        lines += [f"{MARK} some runs of this method and domain lack a number: a file of theirs could not be read in full "
+                  "(listed at the end).", ""]
 
     lines += ["## Per task", "", "mean ± std (n seeds); runs not finished are counted beside.", ""]
     doms = domain_order({r.domain for r in runs})
@@ -201,7 +246,7 @@ def sweep_report(root: str, runs: list[Run], note: str, reps: int, poi_reps: int
     open_count: dict[tuple[str, str, int], int] = {}
     for r in unfinished:
         open_count[(r.algo, r.env, r.task)] = open_count.get((r.algo, r.env, r.task), 0) + 1
-    methods = method_order(set(scores) | {r.algo for r in runs})
+    methods = method_order(set(scores) | expected)
     rows = []
     for env, task in keys:
         row = [f"{env} task{task}"]
@@ -210,9 +255,12 @@ def sweep_report(root: str, runs: list[Run], note: str, reps: int, poi_reps: int
             txt = f"{pct(*mean_std(vals.values()))} ({len(vals)})" if vals else "–"
             if open_count.get((a, env, task)):
                 txt += f" +{open_count[(a, env, task)]} unfinished"
-            row.append(txt)
+            row.append(txt + (f" {MARK}" if (a, env, task) in flagged else ""))
         rows.append(row)
     lines += table(["task"] + [method_name(a) for a in methods], rows) + [""]
+    if flagged:
+        lines += [f"{MARK} a run here lacks its number: a file of it could not be read in full (listed at the end), so the cell "
+                  "counts fewer runs, or none (–).", ""]
 
     lines += ["## Figures", ""]
     if figures.success_curves(runs, os.path.join(fig_dir, "success_curves.png"), reps=min(reps, 1000)):
@@ -233,11 +281,15 @@ def sweep_report(root: str, runs: list[Run], note: str, reps: int, poi_reps: int
         lines += table(["run dir", "method", "task", "seed", "last logged step", "last evaluation", "last attempt"], rows)
     else:
         lines += ["None."]
-    no_eval = [r for r in finished if r.success is None]
+    no_eval = [r for r in finished if r.success is None and not r.problems]  # (an unreadable one is listed below)
     if no_eval:
         names = ", ".join(os.path.relpath(r.dir, root) for r in no_eval)
         lines += ["", f"Finished without a final evaluation (--eval-episodes 0?): {names}"]
-    lines += ["", f"results.csv: one row per run. Made by `python -m experiments.report` in {time.time() - t0:.0f} s."]
+    lines += [""] + problems_section(root)
+    if PROBLEMS.found:
+        lines[problems_at:problems_at] = [f"**{len(PROBLEMS.found)} input file(s) could not be read in full** (warnings on stderr, "
+                                          f"listed at the end): what they lack is left out of every number; cells marked {MARK}.", ""]
+    lines += [f"results.csv: one row per run. Made by `python -m experiments.report` in {time.time() - t0:.0f} s."]
     out = os.path.join(root, "report.md")
     atomic_write(out, ("\n".join(lines) + "\n").encode())
     return out

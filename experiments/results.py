@@ -9,10 +9,12 @@ picks CGQL / CGQL-M / CGQL-L. Scores are success rates in [0, 1].
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -53,6 +55,8 @@ class Run:
     evals: list[dict] = field(default_factory=list)
     args: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
+    from_flow: bool = False  # a fine-tuning run that started from the BC flow (and evaluated it at offline step 0)
+    problems: list[str] = field(default_factory=list)  # its files that could not be read in full (PROBLEMS)
 
     @property
     def domain(self) -> str:
@@ -75,33 +79,126 @@ def domain_order(domains) -> list[str]:
     return [c for c in PAPER_COLUMNS if c in domains] + sorted(d for d in domains if d not in PAPER_COLUMNS)
 
 
+class InputProblems:
+    """The inputs that could not be read in full: the first time a file is found wanting, one warning line on stderr
+    (``warning: PATH: what is wrong``); ``found`` keeps them (path -> what) for report.md. What a file lacks is left out
+    of every number, never read as 0 or NaN."""
+
+    def __init__(self):
+        self.found: dict[str, str] = {}
+
+    def clear(self) -> None:
+        self.found.clear()
+
+    def add(self, path: str, problems: list[str]) -> None:
+        if problems and path not in self.found:
+            self.found[path] = "; ".join(problems)
+            print(f"warning: {path}: {self.found[path]}", file=sys.stderr)
+
+    def under(self, d: str) -> list[str]:
+        """The files of run directory ``d`` found wanting."""
+        return [p for p in self.found if os.path.dirname(p) == d]
+
+
+PROBLEMS = InputProblems()
+CSV_COLUMNS = {"eval.csv": ("step", "phase", "phase_step", "success"), "train.csv": ("step", "phase")}  # what the report reads
+
+
+def _lines(ns: list[int]) -> str:
+    return f"line{'s' * (len(ns) > 1)} " + ", ".join(map(str, ns[:5])) + (f" and {len(ns) - 5} more" if len(ns) > 5 else "")
+
+
 def read_csv(path: str) -> list[dict]:
-    """Rows with numbers as floats (``phase`` stays a string); [] when the file is missing."""
+    """Rows with numbers as floats (``phase`` stays a string); [] when the file is missing. What cannot be trusted is left
+    out with a warning (``PROBLEMS``): an unreadable or empty file, a header without the columns the report reads, a row
+    cut short (a file that ends mid-row), a value that is not a number, and non-finite values (except in a train row of
+    no updates, where the online phase logs NaN losses by design)."""
     if not os.path.exists(path):
         return []
-    with open(path, newline="") as f:
-        rows = []
-        for r in csv.DictReader(f):
-            row = {}
-            for k, v in r.items():
-                if k is None or v in ("", None):
-                    continue
-                try:
-                    row[k] = v if k == "phase" else float(v)
-                except ValueError:
-                    row[k] = v
-            rows.append(row)
-        return rows
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            text = f.read()
+        table = list(csv.reader(io.StringIO(text)))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        PROBLEMS.add(path, [f"cannot be read ({e}); left out"])
+        return []
+    table = [t for t in table if t]
+    if not table:
+        PROBLEMS.add(path, ["empty file; left out"])
+        return []
+    header, body, problems = table[0], table[1:], []
+    if missing := [c for c in CSV_COLUMNS.get(os.path.basename(path), ("step",)) if c not in header]:
+        problems.append(f"no column {', '.join(missing)} in its header (truncated?)")
+    if not body and not missing:
+        problems.append("a header and no rows (truncated?)")
+    cut_last = not text.endswith(("\n", "\r"))
+    kinds: dict[str, list[int]] = {}
+    rows = []
+    for n, values in enumerate(body, start=2):
+        if len(values) != len(header) or (cut_last and n == len(body) + 1):
+            kinds.setdefault("cut short (truncated?): row left out", []).append(n)
+            continue
+        row, nonfinite = {}, []
+        for k, v in zip(header, values, strict=True):
+            if v == "":
+                continue
+            if k == "phase":
+                row[k] = v
+                continue
+            try:
+                x = float(v)
+            except ValueError:
+                kinds.setdefault(f"{k} is not a number: value left out", []).append(n)
+                continue
+            if math.isfinite(x):
+                row[k] = x
+            else:
+                nonfinite.append(k)
+        if "step" not in row:
+            kinds.setdefault("no step: row left out", []).append(n)
+            continue
+        if nonfinite and row.get("updates") != 0:
+            kinds.setdefault(f"non-finite {', '.join(nonfinite)}: left out", []).append(n)
+        rows.append(row)
+    PROBLEMS.add(path, problems + [f"{_lines(ns)} {kind}" for kind, ns in kinds.items()])
+    return rows
 
 
-def _json(path: str) -> dict:
+def _nonfinite(x, key: str = "") -> list[str]:
+    """The keys (dotted) of the non-finite numbers in a JSON value."""
+    if isinstance(x, dict):
+        return [k for key2, v in x.items() for k in _nonfinite(v, f"{key}.{key2}" if key else str(key2))]
+    if isinstance(x, list):
+        return [k for i, v in enumerate(x) for k in _nonfinite(v, f"{key}[{i}]")]
+    return [key] if isinstance(x, float) and not math.isfinite(x) else []
+
+
+def _json(path: str, unreadable: str = "") -> dict:
+    """The JSON object of ``path``; {} when it is missing, or, with a warning saying ``unreadable`` (what that means for
+    the run), when it is not a readable JSON object. Non-finite numbers are kept and warned about."""
     if not os.path.exists(path):
         return {}
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, ValueError) as e:  # (json.JSONDecodeError and UnicodeDecodeError are ValueErrors)
+        PROBLEMS.add(path, [f"not readable as JSON ({e}){unreadable}"])
         return {}
+    if not isinstance(value, dict):
+        PROBLEMS.add(path, [f"holds a JSON {type(value).__name__}, not an object{unreadable}"])
+        return {}
+    if bad := _nonfinite(value):
+        PROBLEMS.add(path, [f"non-finite {', '.join(bad)}" + (": left out of every number" if "final_success" in bad else "")])
+    return value
+
+
+def finite(x) -> float | None:
+    """``x`` as a finite float, else None."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
 
 
 def is_run_dir(d: str) -> bool:
@@ -129,13 +226,27 @@ def last_attempt(d: str) -> str:
     path = os.path.join(d, "attempts.jsonl")
     if not os.path.exists(path):
         return ""
-    with open(path) as f:
-        events = [json.loads(line) for line in f if line.strip()]
+    events, bad = [], []
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        PROBLEMS.add(path, [f"cannot be read ({e}); left out"])
+        return ""
+    for n, line in enumerate(lines, start=1):
+        try:
+            e = json.loads(line) if line.strip() else None
+            if e is not None:
+                events.append((e["event"], e["time"] if e["event"] == "start" else e["returncode"]))
+        except (ValueError, TypeError, KeyError):
+            bad.append(n)
+    if bad:
+        PROBLEMS.add(path, [f"{_lines(bad)} not a start or end record: left out"])
     if not events:
         return ""
-    if events[-1]["event"] == "start":
-        return f"started {time.strftime('%Y-%m-%d %H:%M', time.localtime(events[-1]['time']))}, running or interrupted"
-    rc = events[-1]["returncode"]
+    if events[-1][0] == "start":
+        return f"started {time.strftime('%Y-%m-%d %H:%M', time.localtime(events[-1][1]))}, running or interrupted"
+    rc = events[-1][1]
     return "exited 0" if rc == 0 else f"failed: {describe_exit(rc)}"
 
 
@@ -164,7 +275,8 @@ def load_run(d: str) -> Run | None:
     """A Run, or None when the directory says too little to place it (no env)."""
     from utils import data as datalib
 
-    args, summary = _json(os.path.join(d, "args.json")), _json(os.path.join(d, "summary.json"))
+    args = _json(os.path.join(d, "args.json"), "; ignored")
+    summary = _json(os.path.join(d, "summary.json"), "; the run counts as not finished")
     if not args and os.path.exists(os.path.join(d, CMD_FILE)):  # started by a sweep, wrote nothing yet
         args = args_from_command(_json(os.path.join(d, CMD_FILE)).get("key", []))
     env_name = summary.get("env")
@@ -188,19 +300,28 @@ def load_run(d: str) -> Run | None:
         rows = read_csv(os.path.join(d, "train.csv"))
         train_last = int(rows[-1]["step"]) if rows else None
     success = summary.get("final_success")
+    if success is not None and not isinstance(success, float) and finite(success) is None:
+        PROBLEMS.add(os.path.join(d, "summary.json"), [f"final_success {success!r} is not a number: left out of every number"])
+    algo = identify(args, summary)
     return Run(
-        dir=d, algo=identify(args, summary), env=m.group(1), task=int(m.group(2)),
+        dir=d, algo=algo, env=m.group(1), task=int(m.group(2)),
         seed=int(summary.get("seed", args.get("seed", 0))), finished=bool(summary),
-        success=None if success is None or not math.isfinite(float(success)) else float(success),
-        bc_success=float(bc_row["success"]) if bc_row is not None and from_flow else None,
+        success=finite(success),
+        bc_success=finite(bc_row.get("success")) if bc_row is not None and from_flow else None,
         phase="online" if online > 0 else "offline", offline_steps=summary.get("offline_steps", args.get("offline_steps")),
         online_steps=online, pretrain_steps=int(pre), last_step=summary.get("steps", train_last), attempt=last_attempt(d), evals=evals,
-        args=args, summary=summary,
+        args=args, summary=summary, from_flow=from_flow and algo != "bc", problems=PROBLEMS.under(d),
     )
 
 
 def load_runs(root: str) -> list[Run]:
-    return [r for r in (load_run(d) for d in find_run_dirs(root)) if r is not None]
+    runs = []
+    for d in find_run_dirs(root):
+        if (r := load_run(d)) is None:
+            PROBLEMS.add(d, ["a run directory whose env neither args.json, summary.json nor sweep_cmd.json tells: left out"])
+        else:
+            runs.append(r)
+    return runs
 
 
 # ----------------------------------------------------------------------------------- scores
@@ -212,11 +333,11 @@ def collect_scores(runs: list[Run]) -> Scores:
     fine-tuning runs' evaluations of the pretrained flow (their mean when several evaluated it)."""
     scores: Scores = {}
     for r in runs:
-        if r.finished and r.success is not None:
+        if r.finished and r.success is not None and math.isfinite(r.success):
             scores.setdefault(r.algo, {}).setdefault((r.env, r.task), {})[r.seed] = r.success
     derived: dict[tuple[str, int], dict[int, list[float]]] = {}
     for r in runs:
-        if r.algo != "bc" and r.bc_success is not None:
+        if r.algo != "bc" and r.bc_success is not None and math.isfinite(r.bc_success):
             derived.setdefault((r.env, r.task), {}).setdefault(r.seed, []).append(r.bc_success)
     bc = scores.setdefault("bc", {})
     for key, by_seed in derived.items():
