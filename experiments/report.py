@@ -153,7 +153,8 @@ def single_report(run_dir: str, run: Run, note: str) -> str:
     lines += table(["item", "value"], [list(i) for i in items])
     lines += ["", "![learning curves](figures/curves.png)", "", "## Evaluations", ""]
     lines += table(["step", "phase", "phase step", "success", "return", "length"],
-                   [[f"{r['step']:.0f}", str(r.get("phase", "")), f"{r.get('phase_step', 0):.0f}", f"{pct(r.get('success'))}%",
+                   [[f"{r['step']:.0f}", str(r.get("phase", "")), f"{r.get('phase_step', 0):.0f}",
+                     pct(r.get("success")) + ("%" if "success" in r else ""),
                      num(r.get("return"), ".1f"), num(r.get("length"), ".0f")] for r in ev])
     lines += [""] + problems_section(run_dir)
     out = os.path.join(run_dir, "report.md")
