@@ -13,6 +13,7 @@ import pytest
 
 import qam
 import trqam
+from baselines import qam_e, qam_f
 
 K, OBS, D, B = 6, 3, 4, 5
 
@@ -250,6 +251,55 @@ def test_dual_step_direction_bounds_and_clip():
     lam_lo, _ = run(0.0)
     assert float(lam_hi) == pytest.approx(fast.lam_max) and float(avg_hi) == pytest.approx(2.0, rel=1e-4)
     assert float(lam_lo) == pytest.approx(fast.lam_min)
+
+
+@pytest.mark.parametrize("budget", [0.2, 3.0])
+def test_dual_step_clips_at_c_times_the_budget(budget):
+    """(10) with eps != 1 (the test above has eps = 1, where min(D, c) = min(D, c eps)): a KL estimate above c eps is
+    clipped to c eps, one below it is not, both when eps < 1 (c eps < c) and eps > 1 (c eps > c)."""
+    a = trqam.Args(kl_budget=budget)
+    lam, avg, c = jnp.float32(1.0), jnp.float32(budget), a.kl_clip
+    assert c == 2.0
+    for kl_hat in (0.5 * budget, 1.5 * budget, 4.0 * budget, 1.5, 5.0):
+        lam_new, avg_new = trqam.dual_step(lam, avg, jnp.float32(kl_hat), budget, a)
+        avg_ref = (1 - a.kl_ema) * budget + a.kl_ema * min(kl_hat, c * budget)
+        assert float(avg_new) == pytest.approx(avg_ref, rel=1e-6), kl_hat
+        assert float(lam_new) == pytest.approx(np.clip(1.0 + a.lam_lr * (avg_ref - budget), a.lam_min, a.lam_max), rel=1e-6)
+
+
+@pytest.mark.parametrize("module, adjoint", [(trqam, "paper"), (trqam, "exact"), (qam, "paper"), (qam_e, "paper"), (qam_f, "paper")],
+                         ids=["trqam-paper", "trqam-exact", "qam-paper", "qam_e-paper", "qam_f-paper"])
+def test_adjoint_matching_gradient_reaches_the_policy_only(module, adjoint):
+    """(8): the rollout (5), the adjoints (6)-(7) and v_base are constants of the matching loss. Its gradient w.r.t. the
+    base flow and the critic is exactly zero; w.r.t. the policy it is nonzero and equals the gradient of (8) on the
+    trajectory, adjoints and v_base computed beforehand and held fixed. The path KL (9) is a metric: no gradient at all."""
+    net, critic = module.VelocityField((16, 16), D), module.CriticEnsemble((16,), 2)
+    policy, base = (net.init(jax.random.PRNGKey(s), jnp.zeros((1, OBS)), jnp.zeros((1, D)), jnp.zeros((1, 1)))["params"]
+                    for s in (0, 1))
+    q_params = critic.init(jax.random.PRNGKey(2), jnp.zeros((1, OBS)), jnp.zeros((1, D)))["params"]
+    v = lambda p: lambda o, x, t: net.apply({"params": p}, o, x, t)
+    q = lambda p: lambda o, a: critic.apply({"params": p}, o, a)
+    obs, x0, eps = rollout_setup(5)
+    beta, lam_eff = 2.0, 0.7
+
+    def am_and_kl(policy, base, q_params):
+        am, kl, _ = module.adjoint_matching(v, policy, base, q(q_params), obs, x0, eps, beta, lam_eff, horizon=2, adjoint=adjoint)
+        return am, kl
+
+    g_am = jax.grad(lambda *p: am_and_kl(*p)[0], argnums=(0, 1, 2))(policy, base, q_params)
+    g_kl = jax.grad(lambda *p: am_and_kl(*p)[1], argnums=(0, 1, 2))(policy, base, q_params)
+    for leaf in jax.tree.leaves((g_am[1], g_am[2], g_kl)):
+        assert np.all(np.asarray(leaf) == 0.0)
+    assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(g_am[0])) > 1e-3
+
+    xs, xk, _ = module.memoryless_rollout(v(policy), v(base), obs, x0, eps, K)
+    adjs, _ = module.lean_adjoint(v(base), obs, xs, module.terminal_adjoint(q(q_params), obs, xk, beta), K, adjoint)
+    t, g2, _ = module.sde_schedule(K)
+    obs_k, t_k = jnp.broadcast_to(obs, (K,) + obs.shape), jnp.broadcast_to(t[:, None, None], (K, B, 1))
+    vbs = v(base)(obs_k, xs, t_k)
+    ref = jax.grad(lambda p: module.adjoint_matching_loss(v(p)(obs_k, xs, t_k) - vbs, adjs, g2, lam_eff))(policy)
+    for got, want in zip(jax.tree.leaves(g_am[0]), jax.tree.leaves(ref), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
 def _random_batch(key, n, horizon, act_dim):
