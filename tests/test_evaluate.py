@@ -219,3 +219,40 @@ def test_default_workers():
     assert default_workers(1) == 0
     assert default_workers(100) == (0 if cores == 1 else min(cores, 8))
     assert default_workers(3) in (0, min(cores, 3))
+
+
+class OutcomeEnv:
+    """A stand-in env (no physics, no rendering) whose episode is a function of its reset seed: it lasts 3 + (7 seed) % 6
+    steps, succeeds when seed % 3 == 0, and each step rewards seed / 10."""
+
+    observation_space = type("Box", (), {"shape": (2,)})()
+
+    def reset(self, seed: int):
+        self.seed, self.t = seed, 0
+        return np.array([seed, 0.0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        end = self.t == 3 + (7 * self.seed) % 6
+        return np.array([self.seed, self.t], np.float32), self.seed / 10, end, False, {"success": float(end and self.seed % 3 == 0)}
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("reset_seeds, max_envs", [([[0, 1, 2], [3, 4, 8]], 16), ([[5, 6], [1, 9], [2, 3]], 16),
+                                                   ([[0, 1, 2], [3, 4, 8]], 4)])
+def test_per_seed_means_are_over_that_seeds_episodes(monkeypatch, reset_seeds, max_envs):
+    """Run i's success, return and length are the means over its own E episodes, whose outcomes and lengths differ (the
+    sequential-loop test's episodes end alike across seeds, where grouping on the wrong axis gives the same means)."""
+    monkeypatch.setattr(evaluate, "make_env", lambda *a, **k: OutcomeEnv())
+    N, E = np.shape(reset_seeds)
+    outcome = {s: (float(s % 3 == 0), (3 + (7 * s) % 6) * s / 10, float(3 + (7 * s) % 6)) for row in reset_seeds for s in row}
+    want = [dict(zip(("success", "return", "length"), np.mean([outcome[s] for s in row], 0), strict=True)) for row in reset_seeds]
+    flat = np.array([outcome[s] for row in reset_seeds for s in row])  # (N*E, 3), seed-major
+    assert not np.allclose(flat.reshape(E, N, 3).mean(0), [[w[k] for k in ("success", "return", "length")] for w in want])
+    with Evaluator(ENV, N, E, workers=0, max_envs=max_envs) as ev:
+        got = ev.run(lambda obs, c: np.zeros((N, E, H, 1), np.float32), reset_seeds)
+    assert len(got) == N
+    for g, w in zip(got, want, strict=True):
+        assert {k: g[k] for k in w} == pytest.approx(w)
