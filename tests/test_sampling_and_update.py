@@ -136,3 +136,35 @@ def test_trqam_update_moves_lambda_toward_budget_and_targets_lag_one_step():
             for new_t, new_p, old_t in zip(*(jax.tree.leaves(t) for t in (new.target, after, state.target)), strict=True)]
     assert max(lead) > 1e-4  # following the updated parameters instead would fail the check above
     assert not np.allclose(jax.tree.leaves(new.params["critic"])[0], jax.tree.leaves(state.params["critic"])[0])
+
+
+@pytest.mark.parametrize("horizon", [1, 3])
+@pytest.mark.parametrize("balanced", [False, True])
+def test_online_updates_can_sample_the_row_just_written(horizon, balanced):
+    """utils/online.py: the env step that writes online row t updates on chunks that may start at the newest valid start
+    n + t + 1 - H (the chunk that ends with the new row), never beyond. Over 200 updates of 64 chunks with fixed keys it
+    is drawn, for one seed and for two (vmapped); an update that saw only rows before t would never draw it."""
+    from utils import online
+
+    n, cap, t, updates = 12, 20, 9, 200
+    data = {k: jnp.zeros((16,) if k not in ("observations", "actions", "next_observations") else (16, 1), jnp.float32)
+            for k in datalib.KEYS}  # a shard of 12 rows padded to 16; a row's observation is its buffer index
+    data["observations"] = jnp.arange(16, dtype=jnp.float32)[:, None]
+    newest = n + t + 1 - horizon
+
+    def update(state, batch):
+        start = batch["observations"][:, 0]
+        return state, {"newest": jnp.any(start == newest).astype(jnp.float32), "beyond": jnp.any(start > newest).astype(jnp.float32)}
+
+    step = online.online_step(update, updates, 64, horizon, 0.99, balanced)
+    for seeds in (1, 2):
+        rows = online.empty_rows(seeds, cap, 1, 1)
+        rows["observations"] = rows["observations"].at[:, :t].set(n + jnp.arange(t, dtype=jnp.float32)[None, :, None])
+        new = {k: jnp.zeros((seeds,) + v.shape[2:], jnp.float32) for k, v in rows.items()}
+        new["observations"] = jnp.full((seeds, 1), float(n + t))
+        carry = (jnp.zeros((seeds,)), jnp.stack([jax.random.PRNGKey(s) for s in range(seeds)]))
+        acc = {k: jnp.zeros(seeds) for k in ("updates", "newest", "beyond")}
+        _, rows, acc = step(carry, rows, np.int32(t), new, acc, data, np.int32(n))
+        assert float(rows["observations"][0, t, 0]) == n + t  # the row was written
+        np.testing.assert_array_equal(acc["updates"], updates)
+        assert np.all(np.asarray(acc["beyond"]) == 0) and np.all(np.asarray(acc["newest"]) > 0), acc
