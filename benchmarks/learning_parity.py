@@ -11,8 +11,19 @@ wandb off; its docstring lists all it does). Nothing of theirs is copied here.
         --bc-steps 20000 --steps 30000 --eval-interval 10000 --eval-episodes 20 \
         --hidden-dims 128 128 --num-qs 2 --algos trqam qam --ours-extra fql
 
+QAM's released protocol (no BC stage: the BC flow trains beside the policy from scratch; sparse rewards; gamma 0.99) is
+``--bc-steps 0 --sparse --discount 0.99``: neither side runs a BC stage then, and the authors' side is their
+``main.py`` with ``agents/qam.py`` and no ``--pretrained_actor_path`` (that file is the QAM authors' agent with only its
+default discount changed, github ColinQiyangLi/qam at f93efd2), e.g.
+
+    python benchmarks/learning_parity.py --peer-git /path/to/yonghdong-trqam.git --out runs/parity-qam \
+        --env-id scene-play --task-id 1 --dataset-path DATA/scene-play-v0.npz --sparse --discount 0.99 --bc-steps 0 \
+        --seeds 0 --steps 50000 --eval-interval 10000 --eval-episodes 50 --hidden-dims 128 128 --num-qs 2 \
+        --inv-temp 1.0 --algos qam
+
 Settings shared by both sides (each flag is passed to both): the dataset file (generated once with ``python -m
-datagen``, data seed 0), task, chunk length 5 (manipulation), discount 0.995, rho 0.5, batch 256, 10 flow steps,
+datagen``, data seed 0, or ``--dataset-path``), task, reward mode, discount (default 0.995), chunk length 5
+(manipulation), rho 0.5, batch 256, 10 flow steps,
 network widths, critics, KL budget (TRQAM), inverse temperature (QAM), BC steps, fine-tuning steps, evaluation
 interval and episodes. Each side's BC checkpoint is trained by that side's own code (the authors' README: one
 ``agents/trqam.py --bc_only`` run per seed, reused by TRQAM and QAM; here: ``baselines/bc.py``).
@@ -69,6 +80,8 @@ def num(x) -> float | None:
 
 # ----------------------------------------------------------------------------------------------- data
 def dataset(a) -> str:
+    if a.dataset_path:  # a given file (its -val file beside it: the authors' loader opens both)
+        return os.path.abspath(a.dataset_path)
     name = f"{a.env_id}-v0"
     path = os.path.join(a.out, "data", f"{name}.npz")
     if not os.path.exists(path):
@@ -88,13 +101,15 @@ def ours(a, data: str) -> dict:
               *map(str, a.hidden_dims), "--num-qs", str(a.num_qs), "--eval-episodes", str(a.eval_episodes),
               "--log-interval", str(a.log_interval), "--checkpoint-interval", str(a.steps)]
     seed_dir = (lambda d, s: os.path.join(d, f"seed{s}")) if len(a.seeds) > 1 else (lambda d, s: d)
+    common += ["--sparse" if a.sparse else "--no-sparse", "--discount", str(a.discount)]
     bc_dir = os.path.join(base, "bc")
     os.makedirs(base, exist_ok=True)
-    if not os.path.exists(os.path.join(seed_dir(bc_dir, a.seeds[-1]), "summary.json")):
+    if a.bc_steps > 0 and not os.path.exists(os.path.join(seed_dir(bc_dir, a.seeds[-1]), "summary.json")):
         print("ours: BC ...", flush=True)
         sh([sys.executable, "baselines/bc.py", *common, "--run-dir", bc_dir, "--pretrain-steps", str(a.bc_steps),
             "--offline-steps", "0", "--eval-interval", str(a.eval_interval)], os.path.join(base, "bc.log"), cwd=ROOT)
-    pre = os.path.join(seed_dir(bc_dir, "{seed}"), "pretrained.msgpack")
+    # no BC stage (QAM's protocol, --bc-steps 0): the BC flow trains beside the policy from scratch
+    pre = ["--pretrained-path", os.path.join(seed_dir(bc_dir, "{seed}"), "pretrained.msgpack")] if a.bc_steps > 0 else ["--pretrain-steps", "0"]
     knobs = {"trqam": ["--kl-budget", str(a.kl_budget)], "qam": ["--inv-temp", str(a.inv_temp)]}
     out = {}
     for algo in list(a.algos) + list(a.ours_extra):
@@ -102,7 +117,7 @@ def ours(a, data: str) -> dict:
         run_dir = os.path.join(base, algo)
         if not os.path.exists(os.path.join(seed_dir(run_dir, a.seeds[-1]), "summary.json")):
             print(f"ours: {algo} ...", flush=True)
-            wall = sh([sys.executable, *script, *common, "--run-dir", run_dir, "--pretrained-path", pre, "--offline-steps",
+            wall = sh([sys.executable, *script, *common, "--run-dir", run_dir, *pre, "--offline-steps",
                        str(a.steps), "--eval-interval", str(a.eval_interval), *knobs.get(algo, [])],
                       os.path.join(base, f"{algo}.log"), cwd=ROOT)
             print(f"ours: {algo} took {wall / 60:.1f} min", flush=True)
@@ -159,7 +174,7 @@ def peer(a, data: str) -> dict:
     env_name = f"{a.env_id}-singletask-task{a.task_id}-v0"
     dims = "(" + ",".join(map(str, a.hidden_dims)) + ("," if len(a.hidden_dims) == 1 else "") + ")"
     env = {"PYTHONPATH": SHIM, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "")}
-    common = [f"--env_name={env_name}", "--sparse=False", f"--horizon_length={a.horizon}",
+    common = [f"--env_name={env_name}", f"--sparse={a.sparse}", f"--agent.discount={a.discount}", f"--horizon_length={a.horizon}",
               f"--ogbench_dataset_dir={os.path.abspath(os.path.dirname(data))}", "--agent.action_chunking=True",
               f"--agent.actor_hidden_dims={dims}", f"--agent.value_hidden_dims={dims}", f"--agent.num_qs={a.num_qs}",
               "--online_steps=0", f"--log_interval={a.log_interval}", f"--save_dir={base}"]
@@ -168,7 +183,7 @@ def peer(a, data: str) -> dict:
     out: dict = {algo: {} for algo in a.algos}
     for s in a.seeds:
         bc = glob.glob(os.path.join(base, "trqam", f"bc_s{s}", env_name, "*", f"params_{a.bc_steps}.pkl"))
-        if not bc:
+        if not bc and a.bc_steps > 0:
             print(f"peer: BC seed {s} ...", flush=True)
             wall = sh([py, "main.py", f"--run_group=bc_s{s}", "--agent=agents/trqam.py", "--tags=BC", f"--seed={s}", *common,
                        "--bc_only=True", f"--offline_steps={a.bc_steps}", "--eval_interval=0", "--eval_episodes=0",
@@ -182,7 +197,7 @@ def peer(a, data: str) -> dict:
             if not done:
                 print(f"peer: {algo} seed {s} ...", flush=True)
                 wall = sh([py, "main.py", f"--run_group={group}", f"--agent=agents/{algo}.py", f"--tags={algo}", f"--seed={s}",
-                           *common, f"--pretrained_actor_path={bc[0]}", f"--offline_steps={a.steps}",
+                           *common, *([f"--pretrained_actor_path={bc[0]}"] if a.bc_steps > 0 else []), f"--offline_steps={a.steps}",
                            f"--eval_interval={a.eval_interval}", f"--eval_episodes={a.eval_episodes}",
                            f"--save_interval={a.steps}", *knobs[algo]],
                           os.path.join(a.out, f"peer_{group}.log"), env=env, cwd=src)
@@ -246,8 +261,11 @@ def main() -> None:
     p.add_argument("--task-id", type=int, default=1)
     p.add_argument("--episodes", type=int, default=200, help="generated episodes of 1001 steps")
     p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--dataset-path", default=None, help="train on this file instead of generating one (FILE-val.npz beside it)")
+    p.add_argument("--sparse", action="store_true", help="sparse rewards on both sides (QAM's protocol for scene/puzzle)")
+    p.add_argument("--discount", type=float, default=0.995, help="gamma on both sides (QAM's protocol: 0.99)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--bc-steps", type=int, default=20000)
+    p.add_argument("--bc-steps", type=int, default=20000, help="0: no BC stage, the BC flow trains beside the policy (QAM's protocol)")
     p.add_argument("--steps", type=int, default=30000, help="offline fine-tuning updates")
     p.add_argument("--eval-interval", type=int, default=10000)
     p.add_argument("--eval-episodes", type=int, default=20)
@@ -271,7 +289,7 @@ def main() -> None:
     results = {side: (peer if side == "peer" else ours)(a, data) for side in a.sides}
     md = table(a, results)
     head = (f"{a.env_id} task {a.task_id}, {a.episodes} generated episodes (data seed {a.data_seed}), seeds {a.seeds}, "
-            f"BC {a.bc_steps} steps, {a.steps} fine-tuning steps, {'x'.join(map(str, a.hidden_dims))} MLPs, {a.num_qs} critics, "
+            f"{'sparse' if a.sparse else 'dense'} rewards, discount {a.discount}, BC {a.bc_steps} steps, {a.steps} fine-tuning steps, {'x'.join(map(str, a.hidden_dims))} MLPs, {a.num_qs} critics, "
             f"KL budget {a.kl_budget}, QAM beta {a.inv_temp}, {a.eval_episodes} evaluation episodes per seed")
     with open(os.path.join(a.out, "parity.md"), "w") as f:
         f.write(head + "\n\n" + md + "\n")

@@ -1,0 +1,248 @@
+"""Calibration: this project's methods in a named protocol, beside the QAM authors' released per-task learning curves.
+
+    python -m benchmarks.calibrate --task scene-play-task1 --algos qam fql --protocol qam --steps 50000 --seeds 0 1 2 \
+        --episodes 1000 --hidden-dims 128 128 --num-qs 2 --out runs/calibration
+
+The protocol (experiments/protocols.py, one table) gives every setting: reward mode, discount, BC stage, network width,
+critics, chunk length, each method's knob. What a command changes from it is the run's *variant*: ``--hidden-dims`` and
+``--num-qs`` (the paper's 4x512 and 10 critics do not fit a small machine), ``--episodes`` (the dataset's size; the
+official one is 1000 episodes = 1M transitions), and ``--set key=value`` for a one-at-a-time factor (``--set sparse=false``,
+``--set discount=0.995``, ``--set pretrain_steps=20000``). Each (task, protocol, algorithm, variant) runs in its own
+directory ``OUT/<task>/<protocol>/<algo>/<variant>``, all seeds vmapped in one process; rerunning the same command
+resumes it from its newest checkpoint, and skips it once finished.
+
+The dataset is generated with this project's oracle generator (``python -m datagen``, data seed 0) into
+``DATA_DIR/e<episodes>/`` when missing, or taken from ``--dataset-path`` (e.g. the official OGBench file).
+
+Then it writes ``OUT/calibration.md`` and ``OUT/calibration.json`` over every run directory under OUT (so factor runs
+made by separate commands land in one table): per task, protocol, algorithm and variant, at each evaluation step, the
+success over seeds (mean ± std, and each seed), the released mean ± std over 12 seeds at the same step (where the
+release has that step: every 50K), and whether ours lies inside the released seeds' spread, taken as the released mean
+± 2 std (about 95% of seeds for a normal spread; with 12 seeds the released std itself is uncertain by about 20%).
+TRQAM has no released curve: its rows are set against QAM's. ``--report-only`` rewrites the table without running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+
+from experiments.algorithms import ALGORITHMS
+from experiments.protocols import PROTOCOLS, flags, settings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELEASED = os.path.join(ROOT, "experiments", "released_curves.csv")
+RELEASED_LABEL = {"qam": "QAM", "fql": "FQL", "qam-e": "QAM-E", "qam-f": "QAM-F", "cgql": "CGQL", "cgql-m": "CGQL-M",
+                  "cgql-l": "CGQL-L", "dsrl": "DSRL", "ifql": "IFQL", "rebrac": "ReBRAC", "trqam": "QAM"}
+TASK = re.compile(r"(?P<env>[a-z0-9-]+?)-task(?P<task>[1-5])$")
+
+
+def parse_task(task: str) -> tuple[str, int, str]:
+    """``scene-play-task1`` -> (``scene-play``, 1, domain ``scene``)."""
+    m = TASK.fullmatch(task)
+    if m is None:
+        sys.exit(f"error: --task '{task}': expected <env>-task<N> as in the released curves, e.g. scene-play-task1")
+    env = m["env"]
+    return env, int(m["task"]), re.sub(r"-(play|noisy|navigate|stitch|explore)$", "", env)
+
+
+def parse_set(items: list[str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            sys.exit(f"error: --set '{item}': expected key=value, e.g. sparse=false or discount=0.995")
+        low = raw.lower()
+        value: object = {"true": True, "false": False}.get(low, raw)
+        if isinstance(value, str):
+            try:
+                value = int(raw)
+            except ValueError:
+                try:
+                    value = float(raw)
+                except ValueError:
+                    value = tuple(int(x) for x in raw.split("x")) if re.fullmatch(r"\d+(x\d+)*", raw) else raw
+        out[key.replace("-", "_")] = value
+    return out
+
+
+def variant(a, changes: dict[str, object]) -> str:
+    """The run's name from what it changes in the protocol: width, critics, dataset size, then ``--set`` items."""
+    dims = a.hidden_dims
+    parts = [f"h{dims[0]}x{len(dims)}" if len(set(dims)) == 1 else "h" + "-".join(map(str, dims)), f"q{a.num_qs}",
+             f"e{a.episodes}" if a.dataset_path is None else "data=" + os.path.basename(os.path.dirname(os.path.abspath(a.dataset_path)))]
+    for k, v in sorted(changes.items()):
+        v = "x".join(map(str, v)) if isinstance(v, tuple) else v
+        parts.append(f"{k}={v}")
+    return "_".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------ running
+def dataset(a, env: str) -> str:
+    if a.dataset_path:
+        return a.dataset_path
+    out = os.path.join(a.data_dir, f"e{a.episodes}")
+    path = os.path.join(out, f"{env}-v0.npz")
+    if not os.path.exists(path):
+        print(f"generating {a.episodes} episodes of {env} into {out} ...", flush=True)
+        cmd = [sys.executable, "-m", "datagen", "--env-id", env, "--episodes", str(a.episodes), "--seed", "0",
+               "--workers", str(a.workers), "--out", out, "--no-progress"]
+        if subprocess.call(cmd, cwd=ROOT) != 0:
+            sys.exit(f"error: dataset generation failed: {' '.join(cmd)}")
+    return path
+
+
+def run_algo(a, task: str, env: str, task_id: int, domain: str, algo: str, changes: dict[str, object], data: str) -> None:
+    values = {k: v for k, (v, _) in settings(a.protocol, domain).items()}
+    values["hidden_dims"], values["num_qs"] = tuple(a.hidden_dims), a.num_qs
+    if a.eval_episodes is not None:
+        values["eval_episodes"] = a.eval_episodes
+    values.update(changes)
+    entry = ALGORITHMS[algo]
+    if not entry.from_bc:  # a method with no BC stage (ReBRAC) ignores the protocol's BC steps
+        values.pop("pretrain_steps", None)
+    run_dir = os.path.join(a.out, task, a.protocol, algo, variant(a, changes))
+    seed_dir = os.path.join(run_dir, f"seed{a.seeds[-1]}") if len(a.seeds) > 1 else run_dir
+    if os.path.exists(os.path.join(seed_dir, "summary.json")):
+        print(f"{algo} {variant(a, changes)}: finished, skipped", flush=True)
+        return
+    cmd = [sys.executable, entry.script, *entry.flags, "--env-id", env, "--task-id", str(task_id), "--dataset-path", data,
+           "--seed", str(a.seeds[0]), "--num-seeds", str(len(a.seeds)), "--run-dir", run_dir,
+           "--offline-steps", str(a.steps), "--eval-interval", str(a.eval_interval), "--log-interval", str(a.log_interval),
+           "--checkpoint-interval", str(a.eval_interval), *flags(values, algo)]
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "calibrate_cmd.txt"), "w") as f:
+        f.write(" ".join(cmd[1:]) + "\n")
+    print(f"{algo} {variant(a, changes)}: {' '.join(cmd[1:])}", flush=True)
+    t0 = time.time()
+    with open(os.path.join(run_dir, "stdout.log"), "a") as log:
+        rc = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    if rc != 0:
+        sys.exit(f"error: {algo} failed (exit {rc}); see {os.path.join(run_dir, 'stdout.log')}")
+    print(f"{algo} {variant(a, changes)}: done in {(time.time() - t0) / 60:.1f} min", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ the table
+def released_curves() -> dict[tuple[str, str, int], tuple[float, float, int]]:
+    with open(RELEASED) as f:
+        rows = csv.DictReader(line for line in f if not line.startswith("#"))
+        return {(r["task"], r["method"], int(r["step"])): (float(r["mean"]), float(r["std"]), int(r["n"])) for r in rows}
+
+
+def seed_curves(run_dir: str) -> dict[int, dict[int, float]]:
+    """seed -> {offline step -> success %} for each seed directory of a run (``seed<N>`` dirs, or the run dir itself)."""
+    dirs = {int(d[4:]): os.path.join(run_dir, d) for d in os.listdir(run_dir) if re.fullmatch(r"seed\d+", d)}
+    if not dirs and os.path.exists(os.path.join(run_dir, "eval.csv")):
+        dirs = {int(json.load(open(os.path.join(run_dir, "args.json"))).get("seed", 0)): run_dir}
+    out: dict[int, dict[int, float]] = {}
+    for seed, d in sorted(dirs.items()):
+        path = os.path.join(d, "eval.csv")
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            for r in csv.DictReader(f):
+                try:
+                    step, success = int(float(r["step"])), 100.0 * float(r["success"])
+                except (KeyError, ValueError):
+                    print(f"warning: {path}: a row without a readable step/success is skipped", file=sys.stderr)
+                    continue
+                if r.get("phase", "offline") == "offline" and math.isfinite(success):
+                    out.setdefault(seed, {})[step] = success
+    return out
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    m = sum(xs) / len(xs)
+    return m, (sum((x - m) ** 2 for x in xs) / len(xs)) ** 0.5
+
+
+def collect(out: str) -> list[dict]:
+    released = released_curves()
+    rows = []
+    for task in sorted(os.listdir(out)) if os.path.isdir(out) else []:
+        if TASK.fullmatch(task) is None:
+            continue
+        for protocol in sorted(os.listdir(os.path.join(out, task))):
+            for algo in sorted(os.listdir(os.path.join(out, task, protocol))):
+                for var in sorted(os.listdir(os.path.join(out, task, protocol, algo))):
+                    run_dir = os.path.join(out, task, protocol, algo, var)
+                    if not os.path.isdir(run_dir):
+                        continue
+                    curves = seed_curves(run_dir)
+                    steps = sorted({s for c in curves.values() for s in c})
+                    for step in steps:
+                        vals = [c[step] for c in curves.values() if step in c]
+                        m, sd = mean_std(vals)
+                        rel = released.get((task, RELEASED_LABEL.get(algo, ""), step)) if protocol == "qam" else None
+                        inside = None if rel is None else abs(m - rel[0]) <= 2 * rel[1] + 1e-9
+                        rows.append({"task": task, "protocol": protocol, "algo": algo, "variant": var, "step": step,
+                                     "seeds": sorted(s for s, c in curves.items() if step in c), "success": vals,
+                                     "mean": m, "std": sd, "released": rel, "released_method": RELEASED_LABEL.get(algo),
+                                     "inside": inside})
+    return rows
+
+
+def write_report(out: str) -> str:
+    rows = collect(out)
+    lines = ["# Calibration against the released learning curves", "",
+             "Success in % (mean ± std over seeds; each seed's in brackets). Released: QAM's released curves (12 seeds, "
+             "QAM's protocol; TRQAM rows are set against QAM's curve). Inside: ours within the released mean ± 2 std.", "",
+             "| task | protocol | algorithm | variant | step | ours | seeds | released | inside |",
+             "|---|---|---|---|---:|---:|---|---:|:---:|"]
+    for r in rows:
+        rel = "–" if r["released"] is None else f"{r['released'][0]:.1f} ± {r['released'][1]:.1f} ({r['released_method']})"
+        inside = "–" if r["inside"] is None else ("yes" if r["inside"] else "**no**")
+        lines.append(f"| {r['task']} | {r['protocol']} | {r['algo']} | {r['variant']} | {r['step']} | "
+                     f"{r['mean']:.1f} ± {r['std']:.1f} | {' / '.join(f'{v:.0f}' for v in r['success'])} | {rel} | {inside} |")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "calibration.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.join(out, "calibration.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", nargs="+", default=["scene-play-task1"], help="released task names, e.g. scene-play-task1")
+    p.add_argument("--algos", nargs="+", default=["qam", "fql"], choices=sorted(ALGORITHMS))
+    p.add_argument("--protocol", default="qam", choices=PROTOCOLS)
+    p.add_argument("--steps", type=int, default=50_000)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--episodes", type=int, default=1000, help="generated dataset size in episodes (official: 1000)")
+    p.add_argument("--dataset-path", default=None, help="use this dataset file instead of generating one")
+    p.add_argument("--data-dir", default="runs/calibration-data")
+    p.add_argument("--hidden-dims", type=int, nargs="+", default=[512, 512, 512, 512])
+    p.add_argument("--num-qs", type=int, default=10)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="one-at-a-time changes to the protocol")
+    p.add_argument("--eval-interval", type=int, default=10_000)
+    p.add_argument("--eval-episodes", type=int, default=None, help="default: the protocol's (50)")
+    p.add_argument("--log-interval", type=int, default=1000)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="dataset generation processes")
+    p.add_argument("--out", default="runs/calibration")
+    p.add_argument("--report-only", action="store_true")
+    a = p.parse_args(argv)
+    if min(a.steps, a.eval_interval, a.episodes, a.num_qs, *a.hidden_dims) < 1:
+        sys.exit("error: --steps, --eval-interval, --episodes, --num-qs and --hidden-dims must be positive")
+    changes = parse_set(a.set)
+    if not a.report_only:
+        for task in a.task:
+            env, task_id, domain = parse_task(task)
+            known = settings(a.protocol, domain)
+            if bad := [k for k in changes if k not in known]:
+                sys.exit(f"error: --set {bad[0]}: not a setting of protocol '{a.protocol}' (known: {', '.join(sorted(known))})")
+            data = dataset(a, env)
+            for algo in a.algos:
+                run_algo(a, task, env, task_id, domain, algo, changes, data)
+    print(write_report(a.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""The protocol table (experiments/protocols.py) and the calibration table (benchmarks/calibrate.py) on a fake run tree."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import pytest
+
+from benchmarks import calibrate
+from experiments.protocols import PROTOCOLS, TABLE, flags, settings
+
+DOMAINS = ("antmaze-large", "antmaze-giant", "humanoidmaze-medium", "humanoidmaze-large", "scene", "puzzle-3x3",
+           "puzzle-4x4", "cube-double", "cube-triple", "cube-quadruple")
+
+
+def values(protocol: str, domain: str) -> dict:
+    return {k: v for k, (v, _) in settings(protocol, domain).items()}
+
+
+def test_qam_protocol_is_the_released_one():
+    scene, giant, hum, cube = (values("qam", d) for d in ("scene", "antmaze-giant", "humanoidmaze-large", "cube-double"))
+    assert scene["sparse"] and scene["discount"] == 0.99 and scene["pretrain_steps"] == 0 and scene["horizon"] == 5
+    assert not cube["sparse"] and cube["discount"] == 0.99
+    assert giant["discount"] == 0.995 and giant["horizon"] == 1 and giant["rho"] == 0.5
+    assert hum["discount"] == 0.995 and hum["rho"] == 0.0
+    assert scene["num_qs"] == 10 and scene["hidden_dims"] == (512,) * 4 and scene["batch_size"] == 256
+    assert values("trqam", "scene")["pretrain_steps"] == 300_000 and values("trqam", "humanoidmaze-medium")["discount"] == 0.999
+
+
+def test_protocol_knobs_match_the_algorithm_presets():
+    """The protocol's QAM temperatures and FQL alphas are the presets the scripts apply by themselves."""
+    import qam
+    from baselines import fql
+    from utils.args import preset
+
+    for d in DOMAINS:
+        for p in PROTOCOLS:
+            v = values(p, d)
+            assert v["knob:qam"] == preset(qam.INV_TEMP, d, 0.3), (p, d)
+            assert v["knob:fql"] == preset(fql.ALPHA, d, 100.0), (p, d)
+
+
+def test_every_row_names_its_source_and_a_known_protocol():
+    for protocol, key, domains, _, source in TABLE:
+        assert protocol in PROTOCOLS and source and domains
+
+
+def test_flags_of_a_protocol():
+    f = flags(values("qam", "scene"), "qam")
+    assert f[f.index("--inv-temp") + 1] == "1.0" and "--alpha" not in f and "--kl-budget" not in f
+    assert "--sparse" in f and f[f.index("--discount") + 1] == "0.99" and f[f.index("--pretrain-steps") + 1] == "0"
+    assert f[f.index("--actor-hidden-dims") + 1: f.index("--actor-hidden-dims") + 5] == ["512"] * 4
+    g = flags(values("qam", "cube-double"), "fql")
+    assert "--no-sparse" in g and g[g.index("--alpha") + 1] == "300.0" and "--inv-temp" not in g
+    with pytest.raises(KeyError):
+        settings("nope", "scene")
+
+
+def test_task_and_set_parsing():
+    assert calibrate.parse_task("scene-play-task1") == ("scene-play", 1, "scene")
+    assert calibrate.parse_task("puzzle-3x3-play-task4") == ("puzzle-3x3-play", 4, "puzzle-3x3")
+    assert calibrate.parse_task("antmaze-large-navigate-task2")[2] == "antmaze-large"
+    with pytest.raises(SystemExit):
+        calibrate.parse_task("scene-play")
+    assert calibrate.parse_set(["sparse=false", "discount=0.995", "pretrain_steps=20000"]) == \
+        {"sparse": False, "discount": 0.995, "pretrain_steps": 20000}
+    with pytest.raises(SystemExit):
+        calibrate.parse_set(["sparse"])
+
+
+def write_run(run_dir: str, per_seed: dict[int, dict[int, float]]) -> None:
+    for seed, curve in per_seed.items():
+        d = os.path.join(run_dir, f"seed{seed}")
+        os.makedirs(d)
+        with open(os.path.join(d, "eval.csv"), "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["phase", "step", "success", "return"])
+            for step, s in curve.items():
+                w.writerow(["offline", step, s, -1.0])
+
+
+def test_table_against_the_released_curve(tmp_path):
+    out = str(tmp_path)
+    base = os.path.join(out, "scene-play-task1", "qam")
+    # QAM released at 50K on scene task1: 90.3 +- 10.0 (12 seeds); ours 85 +- 5 is inside, 0 is not
+    write_run(os.path.join(base, "qam", "h128x2"), {0: {0: 0.0, 10000: 0.2, 50000: 0.8}, 1: {0: 0.0, 10000: 0.0, 50000: 0.9}})
+    write_run(os.path.join(base, "qam", "h64x2"), {0: {50000: 0.0}, 1: {50000: 0.0}})
+    write_run(os.path.join(base, "trqam", "h128x2"), {3: {50000: 1.0}})
+    calibrate.write_report(out)
+    rows = json.load(open(os.path.join(out, "calibration.json")))
+    at = {(r["algo"], r["variant"], r["step"]): r for r in rows}
+    good, bad = at[("qam", "h128x2", 50000)], at[("qam", "h64x2", 50000)]
+    assert good["success"] == [80.0, 90.0] and good["mean"] == pytest.approx(85.0) and good["std"] == pytest.approx(5.0)
+    assert good["released"][0] == pytest.approx(90.3) and good["released"][2] == 12 and good["inside"] is True
+    assert bad["inside"] is False
+    assert at[("qam", "h128x2", 10000)]["released"] is None and at[("qam", "h128x2", 10000)]["inside"] is None
+    assert at[("trqam", "h128x2", 50000)]["released_method"] == "QAM" and at[("trqam", "h128x2", 50000)]["seeds"] == [3]
+    md = open(os.path.join(out, "calibration.md")).read()
+    assert "| scene-play-task1 | qam | qam | h64x2 | 50000 | 0.0 ± 0.0 |" in md and "**no**" in md
