@@ -7,7 +7,6 @@ transition; ``rewards``/``masks`` from the single-task relabelling); a shard dir
 
 from __future__ import annotations
 
-import glob
 import math
 import os
 import re
@@ -24,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from utils.errors import UserError
-from utils.files import open_npz
+from utils.files import npz_headers, open_npz, read_member
 
 DATA_DIR_ENV_VAR = "OGBENCH_DATA_DIR"
 TYPES = ("play", "noisy", "navigate", "stitch", "explore")
@@ -61,6 +60,21 @@ def check_env(env_name: str) -> str:
     if gym_id not in gymnasium.registry:
         raise UserError(f"unknown env '{env_name}' (no OGBench env '{gym_id}'); docs/DATA.md lists the 50 tasks")
     return gym_id
+
+
+def check_flow_env(path: str, flow_env: str | None, env_name: str) -> None:
+    """A BC flow checkpoint (``--pretrained-path``) trained on ``flow_env`` (its meta's ``env``; None: not recorded) fits
+    a run on ``env_name`` if both train on one dataset: the five tasks of a domain share it, and BC never sees a reward."""
+    if flow_env is None:
+        return
+    ours = split_env_name(env_name)[1]
+    try:
+        theirs = split_env_name(str(flow_env))[1]
+    except UserError:
+        theirs = None
+    if theirs != ours:
+        raise UserError(f"{path} (--pretrained-path) is a flow trained for {flow_env}, this run is {env_name}: "
+                        f"a flow must come from the same dataset ({ours})")
 
 
 def make_env(env_name: str, max_episode_steps: int | None = None) -> gymnasium.Env:
@@ -101,33 +115,84 @@ def resolve_dataset_path(env_name: str, dataset_path: str | None, generate_missi
     raise UserError(f"no dataset for {env_name}: looked for {' and '.join(candidates)}; {how}")
 
 
-def shard_files(path: str) -> list[str]:
-    """[path] for a file; the sorted training shards (not ``-val``) of a shard directory."""
-    files = sorted(f for f in glob.glob(os.path.join(path, "*.npz")) if not f.endswith("-val.npz")) if os.path.isdir(path) else [path]
+def shard_files(path: str, dataset_name: str) -> list[str]:
+    """[path] for a file; for a shard directory, its training shards of ``dataset_name`` in name order: the files named
+    ``<name>-NNN.npz`` (the generator's ``<name>/<name>-000.npz``, also with a size tag, ``cube-double-play-100m-v0-000.npz``)
+    or ``<name>.npz``. Other files (``-val.npz``, another dataset's shards) are not taken; one line if none is left."""
+    if not os.path.isdir(path):
+        return [path]
+    stem = dataset_name.removesuffix("-v0")
+    shard = re.compile(rf"{re.escape(stem)}(-\d+[kmb])?-v0(-\d+)?\.npz")
+    names = sorted(f for f in os.listdir(path) if f.endswith(".npz") and not f.startswith("."))
+    files = [os.path.join(path, f) for f in names if shard.fullmatch(f)]
     if not files:
-        raise UserError(f"dataset directory {path} holds no .npz shards")
+        found = f"; it holds {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}" if names else ""
+        raise UserError(f"dataset directory {path} holds no shards of {dataset_name} (files named {dataset_name}-000.npz, "
+                        f"{dataset_name}-001.npz, ... or {dataset_name}.npz){found}")
     return files
 
 
-def count_transitions(path: str) -> int:
-    """Transitions in a file or shard directory (rows minus trajectories), reading only ``terminals``."""
-    return sum(int(len(t) - t.sum()) for t in (open_npz(f, ("terminals",))["terminals"] for f in shard_files(path)))
+def check_file(path: str, env_name: str, obs_dim: int, act_dim: int) -> int:
+    """One dataset file checked cheaply, before its data is read: its arrays' headers (``files.npz_headers``: keys,
+    ranks, float dtypes, rows), its dims against the env's, the keys the task's rewards are computed from, and its
+    ``terminals`` (the only array read). Returns its transitions (rows minus trajectories)."""
+    members = npz_headers(path)
+    dims = members["observations"][0][1], members["actions"][0][1]
+    if dims != (obs_dim, act_dim):
+        raise UserError(f"{path} has obs/action dims {dims[0]}/{dims[1]} but {env_name} expects {obs_dim}/{act_dim}: "
+                        "wrong file for this env")
+    domain = split_env_name(env_name)[2]
+    for key in ("qpos", *(("button_states",) if domain.startswith(("scene", "puzzle")) else ())):
+        if key not in members:
+            raise UserError(f"{path} has no '{key}' key: the task rewards of {env_name} are computed from it "
+                            "(OGBench files store qpos, qvel and, for scene and puzzle, button_states)")
+        if len(members[key][0]) != 2 or members[key][1].kind not in "biuf":
+            raise UserError(f"{path}: key '{key}' must be a 2-D numeric array, got shape {members[key][0]} dtype {members[key][1]}")
+    terminals = read_member(path, "terminals")
+    check_terminals(path, terminals)
+    return int(len(terminals) - np.count_nonzero(terminals))
+
+
+def check_terminals(path: str, terminals: np.ndarray) -> None:
+    """OGBench's layout: ``terminals`` is 0/1 and 1 on the last row of every trajectory, so also on the file's final row.
+    A final row not marked (all zeros included) leaves its trajectory without an end: the loader would pair that
+    trajectory's last observation with no successor and misalign ``next_observations``."""
+    if not np.isin(terminals, (0, 1)).all():
+        raise UserError(f"{path}: 'terminals' must hold only 0 and 1 (1 on each trajectory's last row)")
+    if not terminals.any():
+        raise UserError(f"{path}: 'terminals' is all zero: OGBench's layout marks the last row of every trajectory with 1 "
+                        "(write the trajectory ends into 'terminals')")
+    if not terminals[-1]:
+        raise UserError(f"{path}: the final row is not marked terminal, so the last trajectory has no end: OGBench's layout "
+                        "needs terminals = 1 on the last row of every trajectory (a file cut mid-trajectory?)")
+
+
+def check_finite(path: str, data: dict[str, np.ndarray]) -> None:
+    """Every floating-point array of a loaded file is free of NaN and inf (else one line naming the file and the key)."""
+    for key, v in data.items():
+        if v.dtype.kind != "f":
+            continue
+        with np.errstate(over="ignore", invalid="ignore"):  # a float64 sum of float32 data overflows only if it is not finite
+            if np.isfinite(v.sum(dtype=np.float64)) or np.isfinite(v).all():
+                continue
+        bad = int(v.size - np.count_nonzero(np.isfinite(v)))
+        name = "observations" if key == "next_observations" else key  # the regular layout's shifted observations
+        raise UserError(f"{path}: key '{name}' holds {bad} NaN or inf value(s): the dataset must be finite")
 
 
 def load_file(env, env_name: str, path: str, sparse: bool = False) -> dict[str, np.ndarray]:
-    """One OGBench file in the regular layout, relabelled for the env's task (float32 numpy)."""
+    """One OGBench file in the regular layout, relabelled for the env's task (float32 numpy), checked (``check_file``,
+    ``check_finite``) before any of it is used."""
     from ogbench.relabel_utils import relabel_dataset
     from ogbench.utils import load_dataset as og_load
 
+    check_file(path, env_name, env.observation_space.shape[0], env.action_space.shape[0])
     try:
         data = og_load(path, compact_dataset=False, add_info=True)
     except Exception:
         open_npz(path)  # names the file and what is wrong with it in one line (UserError)
         raise
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    if data["observations"].shape[1] != obs_dim or data["actions"].shape[1] != act_dim:
-        raise UserError(f"{path} has obs/action dims {data['observations'].shape[1]}/{data['actions'].shape[1]} "
-                        f"but {env_name} expects {obs_dim}/{act_dim}: wrong file for this env")
+    check_finite(path, data)
     relabel_dataset(split_env_name(env_name)[0], env, data)
     if sparse:  # r <- -1 * (r != 0)
         data["rewards"] = -(data["rewards"] != 0).astype(np.float32)
@@ -144,16 +209,18 @@ class DeviceDataset:
     def __init__(self, env_name: str, path: str, sparse: bool, interval: int, order: str, data_seed: int = 0):
         self.env_name, self.path, self.sparse, self.interval, self.order = env_name, path, sparse, interval, order
         self.data_seed = data_seed
-        self.files = shard_files(path)
+        self.files = shard_files(path, split_env_name(env_name)[1])
         self._env = make_env(env_name)
         self.obs_dim, self.act_dim = self._env.observation_space.shape[0], self._env.action_space.shape[0]
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="shard-loader")
         self._shards: dict[int, Future] = {}
-        counts = [count_transitions(f) for f in self.files] if len(self.files) > 1 else [0]
+        # every shard checked now from its headers and terminals (no observation read): a wrong or broken shard stops the
+        # run here, not when the shard order first reaches it; its NaN check comes with its data, when it is loaded
+        counts = [check_file(f, env_name, self.obs_dim, self.act_dim) for f in self.files]
         self.capacity = max(counts)
         if len(self.files) == 1:  # a file is loaded now (errors surface at once), whole and unpadded
             self._shards[0] = self._pool.submit(self._load, 0)
-            self.capacity = counts[0] = self._shards[0].result()[1]
+            self._shards[0].result()
         self.transitions = sum(counts)  # of the whole dataset, all shards
 
     def shard_at(self, step: int) -> int:
