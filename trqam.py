@@ -69,6 +69,10 @@ def resolve_args(args: Args) -> Args:
         (args.kl_budget_online > 0, f"--kl-budget-online must be positive, got {args.kl_budget_online}"),
         (0 < args.lam_min <= args.lam_init <= args.lam_max, "need 0 < --lam-min <= --lam-init <= --lam-max"),
         (args.lam_scale > 0 and args.grad_clip > 0, "--lam-scale and --grad-clip must be positive"),
+        (args.lam_lr > 0, f"--lam-lr (the dual step size) must be positive, got {args.lam_lr}"),
+        (0 < args.kl_ema <= 1, f"--kl-ema (the KL average's weight on the new estimate) must lie in (0, 1], got {args.kl_ema}"),
+        (args.kl_clip > 1, f"--kl-clip must exceed 1, got {args.kl_clip}: the KL estimate is clipped at kl_clip * budget, "
+                           "so at or below 1 its average never exceeds the budget and lambda can only fall"),
     ])
     return args
 

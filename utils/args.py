@@ -3,9 +3,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
+import math
+import os
+import re
+import string
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Optional, TypeVar
 
@@ -104,32 +110,110 @@ def network_defaults(args: A, transitions: int) -> A:
 
 
 def check(args: RunArgs, method_checks: Iterable[tuple[bool, str]] = ()) -> None:
-    """Reject invalid settings with one line (the pipeline's own checks, then the method's)."""
+    """Reject invalid settings with one line (the pipeline's own checks, then the method's), then check the files the
+    flags name (``check_pretrained``): every float flag finite, every count and range, before anything is created."""
     a = args
     checks = [
+        *((math.isfinite(v), f"--{flag(k)} must be a finite number, got {v}") for k, v in float_fields(a)),
         (min(a.num_seeds, a.horizon, a.batch_size) >= 1 and min(a.num_qs, a.flow_steps) >= 2,
          "need --num-seeds, --horizon, --batch-size >= 1 and --num-qs, --flow-steps >= 2"),
+        (0 <= a.seed and a.seed + a.num_seeds <= 2**31, f"--seed must lie in 0 .. 2**31 - --num-seeds, got {a.seed}"),
         (0 < a.discount <= 1 and 0 < a.tau <= 1, "need 0 < --discount <= 1 and 0 < --tau <= 1"),
         (a.rho >= 0 and a.learning_rate > 0, "need --rho >= 0 and --learning-rate > 0"),
+        *((dims is None or (len(dims) >= 1 and min(dims) >= 1),
+           f"--{flag(k)} needs at least one hidden layer, each of width >= 1, got {' '.join(map(str, dims or ())) or 'none'}")
+          for k, dims in (("actor_hidden_dims", a.actor_hidden_dims), ("value_hidden_dims", a.value_hidden_dims))),
         (min(a.log_interval, a.eval_interval, a.checkpoint_interval, a.shard_interval) > 0, "intervals must be positive"),
         (min(a.offline_steps, a.pretrain_steps, a.online_steps, a.start_training, a.eval_episodes) >= 0,
          "step and episode counts must be non-negative"),
+        (a.generate_missing >= 0, f"--generate-missing must be non-negative (0: don't generate), got {a.generate_missing}"),
         (a.utd_ratio >= 1 and (a.eval_workers or 0) >= 0, "need --utd-ratio >= 1 and --eval-workers >= 0"),
         (not a.balanced_sampling or a.start_training >= a.horizon,
          f"--balanced-sampling needs --start-training >= the chunk length {a.horizon} (online rows to sample from)"),
         (a.online_max_episode_steps is None or a.online_max_episode_steps >= 1, "--online-max-episode-steps must be positive"),
+        (bool(a.exp_name) and "/" not in a.exp_name, f"--exp-name must be a non-empty name without '/', got {a.exp_name!r}"),
+        (a.run_dir is None or not os.path.isfile(a.run_dir), f"--run-dir {a.run_dir} is a file, not a directory"),
+        (a.pretrained_path is None or placeholder_error(a.pretrained_path) is None, f"--pretrained-path {a.pretrained_path!r}: "
+         f"{placeholder_error(a.pretrained_path or '')}; '{{seed}}' is the only placeholder (formatted per seed)"),
         *method_checks,
     ]
     if bad := [msg for ok, msg in checks if not ok]:
         raise UserError(bad[0])
+    check_pretrained(a)
+
+
+def flag(field: str) -> str:
+    return field.replace("_", "-")
+
+
+def float_fields(args: RunArgs) -> list[tuple[str, float]]:
+    """(name, value) of every float-valued field of an ``Args`` (its float flags and those of ``RunArgs``)."""
+    return [(f.name, v) for f in dataclasses.fields(args) if isinstance(v := getattr(args, f.name), float)]
+
+
+def placeholder_error(path: str) -> str | None:
+    """What is wrong with the placeholders of a ``--pretrained-path`` (None: nothing; ``{seed}`` is the only one)."""
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(path) if name is not None]
+        if bad := [name for name in names if name != "seed"]:
+            return f"unknown placeholder {', '.join('{' + n + '}' for n in bad)}"
+        path.format(seed=0)
+    except (ValueError, KeyError, IndexError, AttributeError) as e:
+        return f"cannot format it ({e}; write {{{{ and }}}} for literal braces)"
+    return None
+
+
+def check_pretrained(args: RunArgs) -> None:
+    """Each seed's ``--pretrained-path`` exists and holds a flow of this run's dataset (its meta's env), so a wrong path
+    stops the run before anything is created (the runner checks the dims when it loads the flow)."""
+    if args.pretrained_path is None:
+        return
+    from utils.checkpoint import read_meta
+
+    env_name = datalib.full_env_name(args.env_id, args.task_id)
+    for seed in range(args.seed, args.seed + args.num_seeds):
+        path = args.pretrained_path.format(seed=seed)
+        if not os.path.isfile(path):
+            raise UserError(f"no flow checkpoint at {path} (--pretrained-path)")
+        datalib.check_flow_env(path, read_meta(path).get("env"), env_name)
 
 
 def cli(main: Callable[[A], Any], args_type: type[A]) -> None:
-    """``main(tyro.cli(Args))``; a ``UserError`` prints one ``error:`` line and exits with code 2."""
-    import tyro
-
+    """``main(parse_args(Args))``; a ``UserError`` prints one ``error:`` line and exits with code 2."""
     try:
-        main(tyro.cli(args_type))
+        main(parse_args(args_type))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def parse_args(args_type: type[A], argv: Sequence[str] | None = None) -> A:
+    """``tyro.cli(args_type)``, with a parse error (an unknown flag, a value that does not parse, a missing value) as one
+    ``UserError`` line naming the flag instead of tyro's multi-line box; ``--help`` prints and exits 0 as before."""
+    import tyro
+
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            args = tyro.cli(args_type, args=argv)
+    except SystemExit as e:
+        if e.code not in (0, None):
+            raise UserError(tyro_error_line(captured.getvalue())) from None
+        sys.stderr.write(captured.getvalue())
+        raise
+    sys.stderr.write(captured.getvalue())  # anything else tyro said (a warning) passes through
+    return args
+
+
+def tyro_error_line(text: str) -> str:
+    """One line from tyro's boxed parse error: the box's text up to its first rule (the help text follows), joined."""
+    lines = []
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines():
+        line = line.strip().strip("│").strip()
+        if line.startswith(("╭", "╰")) or not line:
+            continue
+        if line.startswith("─") or line.startswith("Got errors:"):  # the help text below the rule; the type-by-type list
+            break
+        lines.append(line)
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "the script"
+    return f"{' '.join(lines) or 'invalid command line'} (see {prog} --help)"
