@@ -55,6 +55,19 @@ class Job:
                 "num_gpus": self.num_gpus, "env": env}
 
 
+def normalise_flags(argv: list[str]) -> list[str]:
+    """One spelling per flag, as tyro reads both: ``--task_id=3`` -> ``--task-id 3`` (so that the reserved-flag check,
+    the flags stripped from BC runs and a job's identity see through underscores and ``=``)."""
+    out: list[str] = []
+    for tok in argv:
+        if tok.startswith("--") and len(tok) > 2:
+            name, eq, val = tok.partition("=")
+            out += [name.replace("_", "-"), *([val] if eq else [])]
+        else:
+            out.append(tok)
+    return out
+
+
 def flag_values(argv: list[str]) -> dict[str, list[str]]:
     """``[script, --a, 1, 2, --b=x]`` -> ``{"": [script], "--a": [1, 2], "--b": [x]}`` (a repeated flag: the last)."""
     out: dict[str, list[str]] = {"": []}
@@ -145,7 +158,8 @@ def build_plan(o, extras: list[str]) -> list[Job]:
     unknown = [a for a in o.algos if a not in ALGORITHMS]
     if unknown:
         raise UserError(f"unknown algorithm {', '.join(unknown)}; known: {' '.join(ALGORITHMS)}")
-    bad = sorted({t.partition("=")[0] for t in extras if t.partition("=")[0] in RESERVED})
+    extras = normalise_flags(extras)
+    bad = sorted({t for t in extras if t in RESERVED})
     if bad:
         raise UserError(f"{' '.join(bad)} after -- is set by the sweep (use --env-ids/--task-ids/--seeds/--pretrain-steps)")
     need_bc = "bc" in o.algos or any(ALGORITHMS[a].from_bc for a in o.algos)
