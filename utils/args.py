@@ -29,7 +29,7 @@ class RunArgs:
     track: bool = False  # log to Weights & Biases (set WANDB_MODE=offline on a node without network)
     wandb_project_name: str = "trqam"
     wandb_entity: Optional[str] = None
-    run_dir: Optional[str] = None  # default runs/{env}__{exp_name}__{seed}; with --num-seeds N > 1 the seeds go to RUN_DIR/seed{seed}
+    run_dir: Optional[str] = None  # default runs/{env}-task{task}__{exp_name}__{seed}; with --num-seeds N > 1 the seeds go to RUN_DIR/seed{seed}
     capture_video: bool = False  # render the first episode of each evaluation to videos/step_N.mp4 in the run directory
 
     # environment and data (docs/DATA.md); a blank line after each section comment, else tyro shows it as the next flag's help
@@ -74,6 +74,8 @@ class RunArgs:
     eval_workers: Optional[int] = None  # processes stepping the evaluation envs (0: in this process; default: by the cores available)
     log_interval: int = 5_000  # updates per train.csv row (online: environment steps)
     checkpoint_interval: int = 100_000
+    keep_checkpoints: int = 2  # newest checkpoints kept per run directory, older ones deleted (0: keep all)
+    resume_changed: bool = False  # continue a run directory made with other arguments (recorded in its args_changes.jsonl)
 
 
 A = TypeVar("A", bound=RunArgs)
@@ -179,12 +181,16 @@ def check_pretrained(args: RunArgs) -> None:
 
 
 def cli(main: Callable[[A], Any], args_type: type[A]) -> None:
-    """``main(parse_args(Args))``; a ``UserError`` prints one ``error:`` line and exits with code 2."""
+    """``main(parse_args(Args))``; a ``UserError`` prints one ``error:`` line and exits with code 2, Ctrl-C one line (the
+    runner's: the step reached and the checkpoint kept) and exit code 130."""
     try:
         main(parse_args(args_type))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as e:
+        print(e.args[0] if e.args else "interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def parse_args(args_type: type[A], argv: Sequence[str] | None = None) -> A:

@@ -160,6 +160,7 @@ class OnlineLoop:
             (state, keys), self.rows, self.acc = self.steps[n_updates]((state, keys), self.rows, np.int32(t), stack(new), self.acc,
                                                                        data, np.int32(size))
             t, step = t + 1, self.off_end + t + 1
+            run.step = step
             self.end_episodes(ended, step, t)
             if run.schedule.due("online", step, a.log_interval):
                 self.log(state, step, size + t)
@@ -210,7 +211,7 @@ class OnlineLoop:
         sums = jax.device_get(self.acc)
         n = sums.pop("updates")
         metrics = {k: np.where(n > 0, v / np.maximum(n, 1), np.nan) for k, v in sums.items()}
-        check_finite({k: v for k, v in metrics.items() if np.all(n > 0)}, "online", step)
+        check_finite({k: v for k, v in metrics.items() if np.all(n > 0)}, "online", step, self.run.checkpoints.kept())
         counts = [{"updates": int(n[i]), "buffer_size": buffer_size, "episodes": ep.index} for i, ep in enumerate(self.episodes)]
         self.run.log_train(step, "online", self.algorithm, state, metrics, counts)
         self.acc = jax.tree.map(jnp.zeros_like, self.acc)

@@ -3,19 +3,23 @@
 A method file calls ``setup`` (the final arguments and the dataset, before anything runs), then ``train`` with its
 ``Algorithm`` (utils/algorithm.py) and the BC stage's. ``train`` reads top to bottom:
 
-1. ``Run.open``: seeds, run directories, the phase schedule (utils/schedule.py), the resume point (utils/checkpoint.py),
-   the logs (utils/runlog.py) and the evaluation (utils/evaluate.py).
+1. ``Run.open``: seeds, run directories (refused when made with other arguments), the phase schedule
+   (utils/schedule.py), the resume point (utils/checkpoint.py), the logs (utils/runlog.py) and the evaluation
+   (utils/evaluate.py).
 2. ``pretrain_stage``: the BC flow (2) for --pretrain-steps, or the one of --pretrained-path (utils/updates.py loops).
 3. ``offline_phase``: the BC flow evaluated at offline step 0, then --offline-steps updates (utils/updates.py).
 4. ``online_phase``: acting, env steps and --utd-ratio updates per env step (utils/online.py).
 5. ``finish``: summary.json per seed.
 
-Each phase resumes from the newest checkpoint of every seed when the run stopped inside it, bit for bit.
+Each phase resumes from the newest checkpoint of every seed when the run stopped inside it, bit for bit. Ctrl-C ends
+the run with one line (``utils.args.cli``: exit code 130) that names the step reached and the checkpoint kept.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +36,8 @@ from utils.errors import UserError
 from utils.evaluate import PolicyEvaluation
 from utils.online import online_phase
 from utils.runlog import Logs, MetricSums
-from utils.schedule import Schedule, SeedKeys, run_dirs, seeds_of, stack, unstack
+from utils.schedule import (Schedule, SeedKeys, changed_args, check_run_dirs, describe_changes, run_dirs, seeds_of, stack,
+                            unstack)
 from utils.updates import run_updates
 
 Tree = Any
@@ -44,6 +49,7 @@ def setup(args: A, resolve: Callable[[A], A]) -> tuple[A, DeviceDataset]:
     its own defaults, every flag checked), the dataset found (or generated with --generate-missing) and opened, then the
     network sizes that depend on its size. Nothing changes the arguments after this."""
     args = resolve(args)
+    check_run_dirs(args)
     env_name = full_env_name(args.env_id, args.task_id)
     path = resolve_dataset_path(env_name, args.dataset_path, args.generate_missing)
     data = DeviceDataset(env_name, path, args.sparse, args.shard_interval, args.shard_order)
@@ -61,6 +67,10 @@ def train(args: RunArgs, data: DeviceDataset, algorithm: Algorithm, bc: Algorith
         state = offline_phase(run, algorithm, bc, bc_states)
         state, online_info = online_phase(run, algorithm, state)
         return finish(run, algorithm, state, online_info)
+    except KeyboardInterrupt:  # Ctrl-C: one line (utils.args.cli), the checkpoints as they are (each file written atomically)
+        run.logs.bar.close()
+        again = "rerun the same command to resume" if run.checkpoints.newest is not None else "rerunning the command starts it over"
+        raise KeyboardInterrupt(f"interrupted at step {run.step}; {run.checkpoints.kept()}; {again}") from None
     finally:  # also when a run stops early (a non-finite metric, an interrupt): no evaluation worker is left behind
         run.evaluation.close()
 
@@ -81,15 +91,26 @@ class Run:
     evaluation: PolicyEvaluation
     blocks: dict = field(default_factory=dict)
     started: float = field(default_factory=time.time)
+    step: int = 0  # the global step reached (for the line of an interrupted run)
 
     @classmethod
     def open(cls, args: RunArgs, data: DeviceDataset, name: str) -> Run:
+        """The run's pieces; before anything is written, a run directory made with other arguments is refused (with
+        --resume-changed it continues, and RUN_DIR/args_changes.jsonl records what changed at which step)."""
         seeds, dirs, schedule = seeds_of(args), run_dirs(args), Schedule.of(args)
-        ckpts = checkpoint.Checkpoints(dirs)
+        check_run_dirs(args)
+        changes = changed_args(args, dirs, seeds)
+        if changes and not args.resume_changed:
+            d, diff = next(iter(changes.items()))
+            raise UserError(f"{d} was made with other arguments ({describe_changes(diff)}); "
+                            "use a new --run-dir, or --resume-changed to continue it on purpose")
+        ckpts = checkpoint.Checkpoints(dirs, args.keep_checkpoints)
+        for d, diff in changes.items():
+            record_changes(d, diff, ckpts)
         logs = Logs(dirs, args, seeds, ckpts.step if ckpts.phase else None, schedule.total)
         evaluation = PolicyEvaluation(data.env_name, seeds, args.eval_episodes, args.eval_workers, args.horizon, data.act_dim,
                                       dirs if args.capture_video else None)
-        return cls(args, data, name, seeds, dirs, schedule, SeedKeys.of(seeds), ckpts, logs, evaluation)
+        return cls(args, data, name, seeds, dirs, schedule, SeedKeys.of(seeds), ckpts, logs, evaluation, step=ckpts.newest or 0)
 
     def save(self, step: int, phase: str, state: Tree, keys: jax.Array, sums: MetricSums | None = None,
              more: list[dict] | None = None, metas: list[dict] | None = None) -> None:
@@ -117,6 +138,18 @@ class Run:
 
     def evaluate(self, act: Callable, tree: Tree, step: int, phase: str) -> None:
         self.logs.eval(step, phase, step - self.schedule.start(phase), self.evaluation(act, tree, step))
+
+
+def record_changes(run_dir: str, diff: dict, ckpts: checkpoint.Checkpoints) -> None:
+    """--resume-changed: one line of RUN_DIR/args_changes.jsonl (the step from which the changed arguments apply, each
+    changed flag's old and new value; args.json then holds the new ones) and a note on stderr."""
+    step = ckpts.step if ckpts.phase else 0
+    row = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "step": step, "phase": ckpts.phase,
+           "changed": {f"--{k.replace('_', '-')}": [old, new] for k, (old, new) in diff.items()}}
+    with open(os.path.join(run_dir, "args_changes.jsonl"), "a") as f:
+        f.write(json.dumps(row, default=str) + "\n")
+    print(f"note: {run_dir} continues from step {step} with changed arguments ({describe_changes(diff)}); "
+          "recorded in its args_changes.jsonl", file=sys.stderr)
 
 
 def pretrain_stage(run: Run, bc: Algorithm | None) -> Tree | None:

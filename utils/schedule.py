@@ -7,6 +7,8 @@ and on its last step; updates run in blocks that end on each of them (and on eac
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from utils.args import RunArgs
+from utils.errors import UserError
 
 Tree = Any
 PHASES = ("pretrain", "offline", "online")
@@ -63,11 +66,69 @@ def seeds_of(args: RunArgs) -> list[int]:
 
 
 def run_dirs(args: RunArgs) -> list[str]:
-    """Each seed's run directory: --run-dir (RUN_DIR/seed{s} with several seeds), else runs/{env}__{exp_name}__{seed}."""
+    """Each seed's run directory: --run-dir (RUN_DIR/seed{s} with several seeds), else
+    runs/{env}-task{task}__{exp_name}__{seed} (a full env name already names its task)."""
     base = args.run_dir and os.path.expanduser(args.run_dir)
     if not base:
-        return [os.path.join("runs", f"{args.env_id}__{args.exp_name}__{s}") for s in seeds_of(args)]
+        env = args.env_id.removesuffix("-v0")
+        env = env if "singletask" in env else f"{env}-task{args.task_id}"
+        return [os.path.join("runs", f"{env}__{args.exp_name}__{s}") for s in seeds_of(args)]
     return [base] if args.num_seeds == 1 else [os.path.join(base, f"seed{s}") for s in seeds_of(args)]
+
+
+# Flags that do not change what a run computes, so a run directory may be continued with other values: the logging
+# and its destination, evaluation workers (the same episodes in or out of this process), videos, checkpoint retention,
+# the dataset generation fallback (the dataset is named by --env-id/--dataset-path), the run directory itself and how
+# many seeds are trained beside it (each seed directory's own --seed is compared; vmapped seeds equal single-seed runs
+# up to float rounding).
+FREE_ARGS = frozenset({"exp_name", "track", "wandb_project_name", "wandb_entity", "run_dir", "num_seeds", "capture_video",
+                       "eval_workers", "generate_missing", "keep_checkpoints", "resume_changed"})
+ABSENT = "(absent)"
+
+
+def check_run_dirs(args: RunArgs) -> None:
+    """One line, before anything runs, when a run directory cannot be one: a file in its place (or on its path), or no
+    way to write there (a read-only filesystem, no permission); and a negative --keep-checkpoints."""
+    if args.keep_checkpoints < 0:
+        raise UserError(f"--keep-checkpoints must be >= 0 (0 keeps every checkpoint), got {args.keep_checkpoints}")
+    for d in run_dirs(args):
+        q = os.path.abspath(d)
+        while not os.path.lexists(q):  # the nearest part of the path that exists: where the run directory is made
+            q = os.path.dirname(q)
+        if not os.path.isdir(q):
+            raise UserError(f"cannot use {d} as a run directory: {q} is {'a file' if os.path.isfile(q) else 'not a directory'} "
+                            "(use another --run-dir)")
+        if not os.access(q, os.W_OK | os.X_OK) or os.statvfs(q).f_flag & os.ST_RDONLY:
+            why = "a read-only filesystem" if os.statvfs(q).f_flag & os.ST_RDONLY else "not writable"
+            raise UserError(f"cannot use {d} as a run directory: {q} is {why} (use another --run-dir)")
+
+
+def changed_args(args: RunArgs, dirs: list[str], seeds: list[int]) -> dict[str, dict[str, tuple]]:
+    """{run dir: {field: (stored, now)}} for each existing run directory whose args.json (the resolved arguments it was
+    made, or last continued, with; its own seed) differs from ``args`` beyond ``FREE_ARGS``; a field only one side
+    has (another script, or another version of it) differs too."""
+    out = {}
+    for d, seed in zip(dirs, seeds, strict=True):
+        path = os.path.join(d, "args.json")
+        if not os.path.exists(path):
+            continue
+        try:
+            with open(path) as f:
+                old = json.load(f)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read {path} ({type(e).__name__}: {e}); use a new --run-dir") from None
+        new = json.loads(json.dumps(dataclasses.asdict(dataclasses.replace(args, seed=seed)), default=str))  # as args.json holds it
+        diff = {k: (old.get(k, ABSENT), new.get(k, ABSENT)) for k in [*new, *old]
+                if k not in FREE_ARGS and old.get(k, ABSENT) != new.get(k, ABSENT)}
+        if diff:
+            out[d] = diff
+    return out
+
+
+def describe_changes(diff: dict[str, tuple]) -> str:
+    """``--task-id 1 -> 3, --alpha 300.0 -> 3.0``."""
+    show = lambda v: " ".join(map(str, v)) if isinstance(v, list) else str(v)
+    return ", ".join(f"--{k.replace('_', '-')} {show(a)} -> {show(b)}" for k, (a, b) in diff.items())
 
 
 class SeedKeys(NamedTuple):

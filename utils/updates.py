@@ -47,9 +47,10 @@ def make_block(update: Callable, n: int, batch_size: int, horizon: int, discount
     return jax.jit(block, donate_argnums=0)
 
 
-def check_finite(metrics: dict, phase: str, step: int) -> None:
+def check_finite(metrics: dict, phase: str, step: int, kept: str) -> None:
+    """One line when a metric is not finite; ``kept`` says which checkpoint is left (``Checkpoints.kept``)."""
     if bad := [k for k, v in metrics.items() if not np.all(np.isfinite(v))]:
-        raise UserError(f"non-finite {', '.join(bad)} at {phase} step {step}; the last good checkpoint is kept")
+        raise UserError(f"non-finite {', '.join(bad)} at {phase} step {step}; {kept}")
 
 
 def run_updates(run: Run, phase: str, algorithm: Algorithm, state: Tree, keys: jax.Array, start: int,
@@ -68,9 +69,9 @@ def run_updates(run: Run, phase: str, algorithm: Algorithm, state: Tree, keys: j
             run.blocks[algorithm.update, nxt - step] = make_block(algorithm.update, nxt - step, a.batch_size, a.horizon, a.discount)
         (state, keys), m = run.blocks[algorithm.update, nxt - step]((state, keys), data, size)
         m = jax.device_get(m)
-        check_finite(m, phase, nxt)
+        check_finite(m, phase, nxt, run.checkpoints.kept())
         sums.add(m, nxt - step)
-        step = nxt
+        step = run.step = nxt
         if schedule.due(phase, step, a.log_interval):
             run.log_train(step, phase, algorithm, state, sums.means())
             sums = MetricSums()
