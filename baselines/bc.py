@@ -7,7 +7,7 @@ and saves as pretrained.msgpack, so one BC run serves every method of a task and
 --offline-steps > 0 the flow keeps training by (2) (a fresh optimizer state), acting the same way.
 
     python baselines/bc.py --env-id cube-double-play --task-id 2 --pretrain-steps 300000
-    python trqam.py --env-id cube-double-play --task-id 2 --pretrained-path runs/cube-double-play__bc__0/pretrained.msgpack
+    python trqam.py --env-id cube-double-play --task-id 2 --pretrained-path runs/cube-double-play-task2__bc__0/pretrained.msgpack
 """
 
 from __future__ import annotations
