@@ -34,7 +34,7 @@ def test_baseline_pipeline_and_exact_resume(script, tiny_dataset, tmp_path):
     pre = 0 if script[0].endswith("rebrac.py") else PRE  # ReBRAC is Gaussian: no BC stage
     cmd = [*script[1:], *TINY, "--dataset-path", tiny_dataset, "--pretrain-steps", str(pre), "--offline-steps", str(OFF),
            "--online-steps", str(ON), "--start-training", "10", "--online-max-episode-steps", "23", "--log-interval", "10",
-           "--eval-interval", "20", "--checkpoint-interval", "10", "--eval-episodes", "1"]
+           "--eval-interval", "20", "--checkpoint-interval", "10", "--eval-episodes", "1", "--keep-checkpoints", "0"]
     ref = str(tmp_path / "ref")
     run(script[0], *cmd, "--run-dir", ref)
     train, ev = read_csv(os.path.join(ref, "train.csv")), read_csv(os.path.join(ref, "eval.csv"))

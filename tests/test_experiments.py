@@ -23,7 +23,7 @@ from utils.errors import UserError
 
 TINY = ["--actor-hidden-dims", "32", "32", "--value-hidden-dims", "32", "32", "--num-qs", "2", "--batch-size", "16",
         "--flow-steps", "4", "--eval-episodes", "1", "--offline-steps", "60", "--log-interval", "20", "--eval-interval", "20",
-        "--checkpoint-interval", "20"]
+        "--checkpoint-interval", "20", "--keep-checkpoints", "0"]
 
 
 EVAL = ["--eval-workers", "0"]

@@ -113,7 +113,7 @@ def test_blocks_align_to_every_interval(dataset, tmp_path, monkeypatch):
     """Blocks end at every multiple of the log (3), eval (5) and checkpoint (4) intervals of the phase."""
     rd, lengths, make_block = str(tmp_path / "r"), [], updates.make_block
     monkeypatch.setattr(updates, "make_block", lambda update, n, *a: lengths.append(n) or make_block(update, n, *a))
-    pipeline(args_for(dataset, rd, pretrain_steps=7, eval_episodes=1))
+    pipeline(args_for(dataset, rd, pretrain_steps=7, eval_episodes=1, keep_checkpoints=0))
     train = read_csv(os.path.join(rd, "train.csv"))
     pre = [r for r in train if r["phase"] == "pretrain"]
     off = [r for r in train if r["phase"] == "offline"]
