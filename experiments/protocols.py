@@ -22,7 +22,7 @@ TRQAM_SRC = "TRQAM repo README/main.py"
 OURS = "this project's choice"
 UNKNOWN = "unknown (not published); this project's default"
 
-# protocol, setting, domains (space-separated prefixes, or *), value, where it comes from
+# protocol (* for every protocol), setting, domains (space-separated prefixes, or *), value, where it comes from
 TABLE: list[tuple[str, str, str, Any, str]] = [
     ("qam", "pretrain_steps", "*", 0, QAM_SRC + ": no BC stage, the BC flow trains beside the policy from scratch"),
     ("qam", "sparse", "*", False, QAM_SRC),
@@ -38,16 +38,16 @@ TABLE: list[tuple[str, str, str, Any, str]] = [
     ("qam", "batch_size", "*", 256, QAM_SRC),
     ("qam", "flow_steps", "*", 10, "QAM repo agents/qam.py"),
     ("qam", "eval_episodes", "*", 50, "QAM repo main.py"),
-    ("qam", "knob:qam", "*", 0.3, "QAM repo agents/qam.py default"),
-    ("qam", "knob:qam", "scene cube-double cube-quadruple", 1.0, QAM_SRC),
-    ("qam", "knob:qam", "puzzle-3x3 cube-triple antmaze-giant humanoidmaze", 3.0, QAM_SRC),
-    ("qam", "knob:qam", "antmaze-large", 10.0, QAM_SRC),
-    ("qam", "knob:qam", "puzzle-4x4", 30.0, QAM_SRC),
-    ("qam", "knob:fql", "*", 300.0, QAM_SRC),
-    ("qam", "knob:fql", "antmaze", 3.0, QAM_SRC),
-    ("qam", "knob:fql", "humanoidmaze cube-triple", 30.0, QAM_SRC),
-    ("qam", "knob:fql", "cube-quadruple", 100.0, QAM_SRC),
-    ("qam", "knob:fql", "puzzle-4x4", 1.0, QAM_SRC),
+    ("*", "knob:qam", "*", 0.3, "QAM repo agents/qam.py default"),
+    ("*", "knob:qam", "scene cube-double cube-quadruple", 1.0, QAM_SRC),
+    ("*", "knob:qam", "puzzle-3x3 cube-triple antmaze-giant humanoidmaze", 3.0, QAM_SRC),
+    ("*", "knob:qam", "antmaze-large", 10.0, QAM_SRC),
+    ("*", "knob:qam", "puzzle-4x4", 30.0, QAM_SRC),
+    ("*", "knob:fql", "*", 300.0, QAM_SRC),
+    ("*", "knob:fql", "antmaze", 3.0, QAM_SRC),
+    ("*", "knob:fql", "humanoidmaze cube-triple", 30.0, QAM_SRC),
+    ("*", "knob:fql", "cube-quadruple", 100.0, QAM_SRC),
+    ("*", "knob:fql", "puzzle-4x4", 1.0, QAM_SRC),
     # TRQAM's fine-tuning in QAM's protocol: no BC stage either; its budget is this project's default (its own is unpublished)
     ("qam", "knob:trqam", "*", 1.0, OURS + " (TRQAM's per-domain budgets, the paper's Table 4, are not public)"),
 
@@ -67,20 +67,10 @@ TABLE: list[tuple[str, str, str, Any, str]] = [
     ("trqam", "knob:trqam", "*", 1.0, UNKNOWN + " (budget sweep 0.5..4)"),
     ("trqam", "knob:trqam", "cube-triple", 0.5, OURS),
     ("trqam", "knob:trqam", "puzzle-4x4", 4.0, OURS),
-    ("trqam", "knob:qam", "*", 0.3, "QAM repo agents/qam.py default"),
-    ("trqam", "knob:qam", "scene cube-double cube-quadruple", 1.0, QAM_SRC),
-    ("trqam", "knob:qam", "puzzle-3x3 cube-triple antmaze-giant humanoidmaze", 3.0, QAM_SRC),
-    ("trqam", "knob:qam", "antmaze-large", 10.0, QAM_SRC),
-    ("trqam", "knob:qam", "puzzle-4x4", 30.0, QAM_SRC),
-    ("trqam", "knob:fql", "*", 300.0, QAM_SRC),
-    ("trqam", "knob:fql", "antmaze", 3.0, QAM_SRC),
-    ("trqam", "knob:fql", "humanoidmaze cube-triple", 30.0, QAM_SRC),
-    ("trqam", "knob:fql", "cube-quadruple", 100.0, QAM_SRC),
-    ("trqam", "knob:fql", "puzzle-4x4", 1.0, QAM_SRC),
 ]
 
 KNOBS = {"qam": "--inv-temp", "fql": "--alpha", "trqam": "--kl-budget"}  # the flag each knob:<algo> row sets
-PROTOCOLS = tuple(dict.fromkeys(p for p, *_ in TABLE))
+PROTOCOLS = tuple(dict.fromkeys(p for p, *_ in TABLE if p != "*"))  # a "*" row belongs to every protocol
 
 
 def _matches(domains: str, domain: str) -> bool:
@@ -93,7 +83,7 @@ def settings(protocol: str, domain: str) -> dict[str, tuple[Any, str]]:
         raise KeyError(f"unknown protocol '{protocol}' (known: {', '.join(PROTOCOLS)})")
     out: dict[str, tuple[Any, str]] = {}
     for p, key, domains, value, source in TABLE:
-        if p == protocol and _matches(domains, domain):
+        if p in (protocol, "*") and _matches(domains, domain):
             out[key] = (value, source)
     return out
 
