@@ -62,11 +62,12 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from datagen import locomaze
 from datagen.recipe import (
     DATASET_TYPES,
-    MAX_EPISODE_STEPS,
     collect_unit,
     dataset_name,
+    episode_rows,
     parse_env_id,
     recipe,
     unit_seeds,
@@ -213,9 +214,14 @@ def _run_unit(task: dict) -> dict:
         def report(n):
             q.put(n)
 
-    arrays, rejected = collect_unit(
-        task["domain"], task["dataset_type"], task["num_episodes"], task["seeds"], task["max_episode_steps"], report
-    )
+    if task["dataset_type"] == "navigate":
+        arrays, rejected = locomaze.collect_unit(
+            task["domain"], task["num_episodes"], task["seeds"], task["max_episode_steps"], task["expert"], report
+        ), 0
+    else:
+        arrays, rejected = collect_unit(
+            task["domain"], task["dataset_type"], task["num_episodes"], task["seeds"], task["max_episode_steps"], report
+        )
     arrays[META_KEY] = np.array(task["meta"])
     arrays["_unit_info"] = np.array(json.dumps({"rejected_episodes": rejected}))
     write_npz_atomic(task["part"], arrays)
@@ -240,7 +246,7 @@ def _assemble(task: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------ the driver
-def _config(domain, dataset_type, episodes, seed, shards, max_episode_steps) -> dict:
+def _config(domain, dataset_type, episodes, seed, shards, max_episode_steps, expert_sha256=None) -> dict:
     return {
         "domain": domain,
         "dataset_type": dataset_type,
@@ -250,7 +256,7 @@ def _config(domain, dataset_type, episodes, seed, shards, max_episode_steps) -> 
         "shards": shards,
         "block_episodes": BLOCK_EPISODES,
         "max_episode_steps": max_episode_steps,
-        "recipe": recipe(domain, dataset_type),
+        "recipe": recipe(domain, dataset_type, expert_sha256),
         "format_version": FORMAT_VERSION,
     }
 
@@ -323,14 +329,17 @@ def generate_dataset(
     progress: bool = True,
     *,
     overwrite: bool = False,
-    max_episode_steps: int = MAX_EPISODE_STEPS,
+    expert: str | None = None,
+    max_episode_steps: int | None = None,
 ) -> str:
-    """Generate (or finish, or verify) an OGBench manipulation dataset; returns the train ``.npz`` path
-    (single-file layout) or the shard directory (``shards > 0``).
+    """Generate (or finish, or verify) an OGBench manipulation or antmaze navigate dataset; returns the train ``.npz``
+    path (single-file layout) or the shard directory (``shards > 0``).
 
     Never prints; with ``progress`` a tqdm bar goes to stderr. Raises ``UserError`` for bad
     arguments or when ``out_dir`` already holds a different dataset under the same name (pass
-    ``overwrite=True`` to replace it). ``max_episode_steps`` other than 1001 is for tests only.
+    ``overwrite=True`` to replace it). ``expert``: the walker of a navigate dataset (default: the committed
+    ``datagen/experts/<agent>.npz``). ``max_episode_steps`` (rows per episode; default 1001, antmaze-giant 2001)
+    other than the default is for tests only.
     """
     if getattr(mp.current_process(), "_inheriting", False):
         raise UserError(
@@ -350,19 +359,38 @@ def generate_dataset(
         raise UserError(
             f"--shards must be at most min(--episodes, {MAX_SHARDS}) = {min(episodes, MAX_SHARDS)}, got {shards}"
         )
+    max_episode_steps = episode_rows(domain) if max_episode_steps is None else max_episode_steps
     if max_episode_steps < 2:
         raise UserError("max_episode_steps must be >= 2")
     episodes, seed, workers, shards = int(episodes), int(seed), int(workers), int(shards)
+    expert_path, expert_sha = _expert(domain, dataset_type, expert)
 
     out_dir = os.path.abspath(os.path.expanduser(out_dir))
     plan = _plan(domain, dataset_type, episodes, seed, shards, out_dir)
-    config = _config(domain, dataset_type, episodes, seed, shards, max_episode_steps)
+    plan["expert"], plan["expert_arg"] = expert_path, expert
+    config = _config(domain, dataset_type, episodes, seed, shards, max_episode_steps, expert_sha)
     try:
         os.makedirs(plan["root"], exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create output directory {plan['root']}: {e.strerror}") from None
     with exclusive_lock(os.path.join(out_dir, f".{plan['name']}.lock")):
         return _generate_locked(plan, config, workers, progress, overwrite)
+
+
+def _expert(domain: str, dataset_type: str, expert: str | None) -> tuple[str | None, str | None]:
+    """(path, sha256) of a navigate dataset's expert, checked to load and to fit the maze; (None, None) otherwise."""
+    if dataset_type != "navigate":
+        if expert is not None:
+            raise UserError("--expert applies to the antmaze navigate datasets only")
+        return None, None
+    path = os.path.abspath(os.path.expanduser(expert)) if expert else locomaze.default_expert_path(locomaze.NAV_AGENT[domain])
+    if not os.path.isfile(path):
+        how = ("the committed expert is missing: restore datagen/experts/ from git, or train one"
+               if expert is None else "train one")
+        raise UserError(f"no expert policy at {path}; {how} with `python -m datagen.expert --agent ant --steps 400000` "
+                        "and pass its expert.npz with --expert")
+    locomaze.ExpertPolicy(path, 29, 8)  # the ant's maze observation and action widths: a one-line error if it does not fit
+    return path, sha256_file(path)
 
 
 def _generate_locked(plan: dict, config: dict, workers: int, progress: bool, overwrite: bool) -> str:
@@ -469,6 +497,7 @@ def _new_manifest(plan: dict, config: dict, vers: dict, workers: int, done_files
             f"python -m datagen --env-id {config['domain']}-{config['dataset_type']} "
             f"--episodes {config['episodes']} --seed {config['seed']} --workers {workers}"
             + (f" --shards {config['shards']}" if config["shards"] else "")
+            + (f" --expert {plan['expert']}" if plan.get("expert_arg") else "")
             + f" --out {plan['out_dir']}"
         ),
         "totals": {},
@@ -505,6 +534,7 @@ def _pending_units(plan: dict, config: dict, vers: dict, done_files: dict) -> tu
                     "num_episodes": u["num_episodes"],
                     "seeds": {k: u[k] for k in ("seed_sequence", "numpy_global", "env_reset")},
                     "max_episode_steps": rpe,
+                    "expert": plan.get("expert"),
                     "part": u["part"],
                     "meta": meta,
                 }
@@ -623,31 +653,39 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m datagen",
         description=(
-            "Generate an OGBench manipulation dataset (cube-*, scene, puzzle-3x3/4x4) with the official "
-            "scripted-oracle recipe, seeded and reproducible per unit of work. Episodes are 1001 rows. "
-            "Validation gets max(episodes // 10, 1) extra episodes; 10 episodes is the official minimum "
-            "(OGBench itself writes episodes // 10). Official sizes: 1000 episodes (cube-single/double, "
-            "scene, puzzle-*), 3000 (cube-triple), 5000 (cube-quadruple)."
+            "Generate an OGBench dataset, seeded and reproducible per unit of work: manipulation (cube-*, scene, "
+            "puzzle-3x3/4x4) with the official scripted-oracle recipe, or antmaze-medium/large/giant navigate with "
+            "the committed ant expert (datagen/experts/ant.npz, or --expert) steered by the maze's oracle. Episodes "
+            "are 1001 rows (antmaze-giant 2001). Validation gets max(episodes // 10, 1) extra episodes; 10 episodes "
+            "is the official minimum (OGBench itself writes episodes // 10). Official sizes: 1000 episodes "
+            "(cube-single/double, scene, puzzle-*, antmaze-medium/large), 3000 (cube-triple), 5000 (cube-quadruple), "
+            "500 (antmaze-giant; the paper's 10M set: --episodes 5000 --shards 10)."
         ),
     )
     p.add_argument(
         "--env-id",
         required=True,
-        help="cube-double, cube-double-play, cube-double-noisy-v0, cube-double-play-singletask-task2-v0, ...",
+        help="cube-double, cube-double-play, cube-double-noisy-v0, cube-double-play-singletask-task2-v0, "
+        "antmaze-large-navigate, ...",
     )
     p.add_argument("--episodes", type=int, required=True, help="train episodes (>= 1; official datasets use 1000+)")
     p.add_argument("--seed", type=int, default=0, help="base seed (>= 0); every unit derives its own (default 0)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", default=None, help="output directory (default $OGBENCH_DATA_DIR or ~/.ogbench/data)")
     p.add_argument(
         "--shards", type=int, default=0, help="N > 0: write OUT/<name>/<name>-000.npz ... (default: one file)"
     )
     p.add_argument(
-        "--type", choices=DATASET_TYPES, default=None, help="dataset type when --env-id has none (default play)"
+        "--type", choices=DATASET_TYPES, default=None,
+        help="dataset type when --env-id has none (default play; antmaze: navigate)"
     )
+    p.add_argument("--expert", default=None, help="navigate only: an expert.npz of python -m datagen.expert "
+                   "(default: the committed datagen/experts/ant.npz)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset made with other arguments")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    if args.out is None:
+        args.out = os.environ.get("OGBENCH_DATA_DIR") or "~/.ogbench/data"
     warnings.simplefilter("ignore")  # headless GLFW / gymnasium Box notices; the CLI output stays clean
     try:
         path = generate_dataset(
@@ -660,6 +698,7 @@ def main(argv: list[str] | None = None) -> int:
             dataset_type=args.type,
             progress=not args.no_progress,
             overwrite=args.overwrite,
+            expert=args.expert,
         )
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""What one unit of generated data is: names, the scripted-oracle recipe, the per-unit seeds.
+"""What one unit of generated data is: names, the scripted-oracle recipe, the per-unit seeds. (The antmaze
+``navigate`` recipe, driven by a trained expert instead of a scripted oracle, is ``datagen.locomaze``.)
 
 The recipe is the one of OGBench's official ``data_gen_scripts/generate_manipspace.py``, played
 with the scripted oracles that ship in the ``ogbench`` package (docs/DATA.md has the whole story):
@@ -28,12 +29,15 @@ import warnings
 
 import numpy as np
 
+from datagen.locomaze import DATA_ACTION_NOISE, NAV_AGENT, NAV_DOMAINS
 from utils.errors import UserError
 
 MANIP_DOMAINS = ("cube-single", "cube-double", "cube-triple", "cube-quadruple", "scene", "puzzle-3x3", "puzzle-4x4")
 LOCO_PREFIXES = ("antmaze", "humanoidmaze", "pointmaze", "antsoccer")
-DATASET_TYPES = ("play", "noisy")
-MAX_EPISODE_STEPS = 1001  # rows per episode, as in the official datasets
+DATASET_TYPES = ("play", "noisy", "navigate")
+MAX_EPISODE_STEPS = 1001  # rows per episode, as in the official datasets (antmaze-giant: 2001, NAV_DOMAINS)
+HUMANOID_NOTE = ("its data needs OGBench's humanoid expert (SAC for 40M steps with 3x1024 critics: about 500x the ant's "
+                 "update compute, see docs/DATA.md), which is not trained here")
 
 # Official recipe constants (data_gen_scripts/generate_manipspace.py + commands.sh).
 PLAN_NOISE = 0.1
@@ -54,22 +58,31 @@ def parse_env_id(env_id: str, dataset_type: str | None = None) -> tuple[str, str
     if s.startswith("visual-"):
         raise UserError(f"'{env_id}': visual (pixel) datasets need rendering and are not generated here")
     first = s.split("-")[0]
-    if first in LOCO_PREFIXES:
-        raise UserError(
-            f"'{env_id}' is a locomotion domain: its data needs trained expert policies that are not in the "
-            "ogbench package; use the official OGBench files"
-        )
-    domain = next((d for d in sorted(MANIP_DOMAINS, key=len, reverse=True) if s == d or s.startswith(d + "-")), None)
+    nav = next((d for d in sorted(NAV_DOMAINS, key=len, reverse=True) if s == d or s.startswith(d + "-")), None)
+    if first in LOCO_PREFIXES and nav is None:
+        if first == "humanoidmaze":
+            parts = s.split("-")
+            name = "-".join(parts[:2] + [parts[2] if len(parts) > 2 else "navigate"]) + "-v0"
+            raise UserError(f"'{env_id}': {HUMANOID_NOTE}; copy the official {name}.npz and {name}-val.npz into the data directory")
+        raise UserError(f"'{env_id}': of the locomotion domains only {', '.join(NAV_DOMAINS)} (navigate) are generated here; "
+                        "use the official OGBench files")
+    domain = nav or next((d for d in sorted(MANIP_DOMAINS, key=len, reverse=True) if s == d or s.startswith(d + "-")), None)
     if domain is None:
-        raise UserError(f"unknown env '{env_id}': this generator supports {', '.join(MANIP_DOMAINS)}")
+        raise UserError(f"unknown env '{env_id}': this generator supports {', '.join(MANIP_DOMAINS + tuple(NAV_DOMAINS))}")
+    types = ("navigate",) if nav else ("play", "noisy")
     rest = s[len(domain) + 1 :]
-    if rest and rest not in DATASET_TYPES:
-        raise UserError(f"'{env_id}': unknown dataset type '{rest}' (expected one of {', '.join(DATASET_TYPES)})")
-    if dataset_type is not None and dataset_type not in DATASET_TYPES:
-        raise UserError(f"unknown dataset type '{dataset_type}' (expected one of {', '.join(DATASET_TYPES)})")
+    if rest and rest not in types:
+        raise UserError(f"'{env_id}': dataset type '{rest}' is not generated for {domain} (expected one of {', '.join(types)})")
+    if dataset_type is not None and dataset_type not in types:
+        raise UserError(f"--type '{dataset_type}' is not generated for {domain} (expected one of {', '.join(types)})")
     if rest and dataset_type is not None and rest != dataset_type:
         raise UserError(f"'{env_id}' names type '{rest}' but --type is '{dataset_type}'")
-    return domain, rest or dataset_type or "play"
+    return domain, rest or dataset_type or types[0]
+
+
+def episode_rows(domain: str) -> int:
+    """Rows of one generated episode: 1001, or antmaze-giant's 2001."""
+    return NAV_DOMAINS.get(domain, MAX_EPISODE_STEPS)
 
 
 def dataset_name(domain: str, dataset_type: str) -> str:
@@ -82,8 +95,19 @@ def p_random_action(domain: str, dataset_type: str) -> float:
     return 0.2 if domain.startswith("puzzle") else 0.1
 
 
-def recipe(domain: str, dataset_type: str) -> dict:
-    """The recipe constants recorded in the manifest."""
+def recipe(domain: str, dataset_type: str, expert_sha256: str | None = None) -> dict:
+    """The recipe constants recorded in the manifest (navigate: with the expert file's checksum)."""
+    if dataset_type == "navigate":
+        return {
+            "gym_env_id": f"{domain}-v0",
+            "env_kwargs": {"terminate_at_goal": False, "max_episode_steps": NAV_DOMAINS[domain]},
+            "expert": NAV_AGENT[domain],
+            "expert_sha256": expert_sha256,
+            "expert_input": "[ob[2:], unit direction to the oracle subgoal]",
+            "action_noise": DATA_ACTION_NOISE,
+            "start": "uniform free cell",
+            "goal": "uniform vertex cell, redrawn when reached",
+        }
     r = {
         "gym_env_id": f"{domain}-v0",
         "env_kwargs": {"terminate_at_goal": False, "mode": "data_collection", "max_episode_steps": MAX_EPISODE_STEPS},

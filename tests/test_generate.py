@@ -65,19 +65,24 @@ def test_parse_env_id():
     assert parse_env_id("cube-double-play-singletask-task2-v0") == ("cube-double", "play")
     assert parse_env_id("puzzle-4x4-play-v0") == ("puzzle-4x4", "play")
     assert parse_env_id("scene-noisy-singletask-v0") == ("scene", "noisy")
-    for bad in ("antmaze-large-navigate", "cube-octuple-play", "cube-double-stitch", "visual-cube-single-play"):
+    assert parse_env_id("antmaze-large-navigate-singletask-task3-v0") == ("antmaze-large", "navigate")
+    assert parse_env_id("antmaze-giant") == ("antmaze-giant", "navigate")
+    for bad in ("humanoidmaze-medium-navigate", "antmaze-large-stitch", "antmaze-teleport-navigate", "cube-octuple-play",
+                "cube-double-stitch", "visual-cube-single-play", "pointmaze-large-navigate"):
         with pytest.raises(UserError):
             parse_env_id(bad)
     with pytest.raises(UserError):
         parse_env_id("cube-double-play", "noisy")
+    with pytest.raises(UserError):
+        parse_env_id("cube-double", "navigate")
 
 
 @pytest.mark.slow
-def test_cli_rejects_locomotion_with_one_line(tmp_path):
-    r = _run("datagen", "--env-id", "antmaze-large-navigate-v0", "--episodes", "1", "--out", str(tmp_path))
+def test_cli_rejects_humanoidmaze_with_one_line(tmp_path):
+    r = _run("datagen", "--env-id", "humanoidmaze-large-navigate-v0", "--episodes", "1", "--out", str(tmp_path))
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and "expert policies" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "humanoidmaze-large-navigate-v0.npz" in lines[0]
     assert not os.listdir(tmp_path)
 
 
