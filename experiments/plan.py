@@ -18,15 +18,17 @@ import os
 import shlex
 from dataclasses import dataclass, field
 
-from datagen.recipe import MANIP_DOMAINS
+from datagen.locomaze import NAV_DOMAINS
+from datagen.recipe import HUMANOID_NOTE, MANIP_DOMAINS, episode_rows
 from experiments.algorithms import ALGORITHMS, Method
 from experiments.job import CMD_FILE, ROOT
 from utils.errors import UserError
 
 DATAGEN_MODULE = "datagen"  # `python -m DATAGEN_MODULE --env-id ... --episodes ... --seed 0 --workers ... --out ...`
 EVAL_WORKERS_FLAG = "--eval-workers"  # passed to every run as --cpus-per-run (unless given after --)
-EPISODES_PER_SHARD = 1000  # a generated shard holds 1000 episodes = 1M transitions (OGBench's layout)
-PAPER_EPISODES = {"puzzle-4x4": 10_000, "cube-triple": 10_000, "cube-quadruple": 100_000}  # 10M / 100M; others 1M
+SHARD_TRANSITIONS = 1_000_000  # a generated shard holds 1M transitions (OGBench's layout): 1000 episodes, antmaze-giant 500
+PAPER_EPISODES = {"puzzle-4x4": 10_000, "cube-triple": 10_000, "cube-quadruple": 100_000,  # 10M / 100M; others 1M
+                  "antmaze-giant": 5_000}
 
 
 # Set by the sweep for each run; after `--` they are an error (use the sweep's own flags).
@@ -189,14 +191,19 @@ def build_plan(o, extras: list[str]) -> list[Job]:
         dataset, domain, exists = dataset_location(env, data_dir)
         gen_deps: list[str] = []
         if not exists:
-            if domain not in MANIP_DOMAINS:
+            generated = domain in MANIP_DOMAINS or domain in NAV_DOMAINS and env.endswith("-navigate")
+            if not generated and domain.startswith("humanoidmaze"):
+                raise UserError(f"no dataset for {env} in {data_dir}: {HUMANOID_NOTE}; copy the official "
+                                f"{os.path.basename(dataset)} (and its -val.npz) there or pass --data-dir")
+            if not generated:
                 raise UserError(f"no dataset for {env} in {data_dir} (looked for {dataset} and its shard directory); "
-                                "locomotion data cannot be generated: copy the official OGBench file there or pass --data-dir")
+                                "this data cannot be generated: copy the official OGBench file there or pass --data-dir")
             episodes = o.episodes or next((v for k, v in PAPER_EPISODES.items() if domain.startswith(k)), 1000)
+            per_shard = SHARD_TRANSITIONS // (episode_rows(domain) - 1)
             argv = ["-m", DATAGEN_MODULE, "--env-id", env, "--episodes", str(episodes), "--seed", "0",
                     "--workers", str(max(1, int(o.datagen_cpus))), "--out", data_dir]
-            if episodes > EPISODES_PER_SHARD:
-                argv += ["--shards", str(math.ceil(episodes / EPISODES_PER_SHARD))]
+            if episodes > per_shard:
+                argv += ["--shards", str(math.ceil(episodes / per_shard))]
                 dataset = dataset[: -len(".npz")]
             gen = Job(f"datagen/{env}", "datagen", "datagen", argv, os.path.join(out, "datagen", env), o.datagen_cpus, 0.0,
                       outputs=[dataset])

@@ -45,7 +45,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="datasets (default $OGBENCH_DATA_DIR or ~/.ogbench/data)")
     p.add_argument("--episodes", type=int, default=None,
                    help="episodes to generate for a missing dataset (default: the paper's size, 1000 = 1M transitions; "
-                        "10000 for puzzle-4x4 and cube-triple, 100000 for cube-quadruple, in shards of 1000)")
+                        "10000 for puzzle-4x4 and cube-triple, 100000 for cube-quadruple, in shards of 1000; "
+                        "antmaze-giant 5000 of 2001 rows in shards of 500); humanoidmaze data must be copied")
     p.add_argument("--datagen-cpus", type=float, default=float(min(8, os.cpu_count() or 1)),
                    help="CPUs (= worker processes) of a dataset generation run (default min(8, CPUs here))")
     p.add_argument("--seeds-per-process", type=int, default=1, help="K seeds of one (algo, env, task) in one process (--num-seeds)")

@@ -217,7 +217,7 @@ def test_dry_run_prints_the_grouped_plan(data_dir, tmp_path, capsys):
 @pytest.mark.parametrize("flags, after, expect", [
     (["--algos", "nope"], [], "unknown algorithm nope"),
     (["--algos", "ghost"], [], "baselines/ghost.py does not exist yet"),
-    (["--env-ids", "antmaze-large-navigate"], [], "locomotion data cannot be generated"),
+    (["--env-ids", "humanoidmaze-medium-navigate"], [], "copy the official humanoidmaze-medium-navigate-v0.npz"),
     (["--address", "127.0.0.1:1"], [], "no Ray cluster reachable"),
     ([], ["--seed", "3"], "--seed after -- is set by the sweep"),
 ])
