@@ -385,10 +385,8 @@ def _expert(domain: str, dataset_type: str, expert: str | None) -> tuple[str | N
         return None, None
     path = os.path.abspath(os.path.expanduser(expert)) if expert else locomaze.default_expert_path(locomaze.NAV_AGENT[domain])
     if not os.path.isfile(path):
-        how = ("the committed expert is missing: restore datagen/experts/ from git, or train one"
-               if expert is None else "train one")
-        raise UserError(f"no expert policy at {path}; {how} with `python -m datagen.expert --agent ant --steps 400000` "
-                        "and pass its expert.npz with --expert")
+        raise UserError(f"no expert policy at {path}; train one with `python -m datagen.expert --agent ant --steps 400000` "
+                        "and pass its expert.npz with --expert (docs/DATA.md)")
     locomaze.ExpertPolicy(path, 29, 8)  # the ant's maze observation and action widths: a one-line error if it does not fit
     return path, sha256_file(path)
 

@@ -4,8 +4,8 @@ breadth-first-search oracle. What one unit of episodes is; the driver (files, se
 
 The recipe of OGBench's ``data_gen_scripts/generate_locomaze.py`` for ``navigate``:
 
-* env ``gymnasium.make('<domain>-v0', terminate_at_goal=False, max_episode_steps=T)``: antmaze-large T = 1001 rows,
-  antmaze-giant T = 2001 (OGBench releases 1000 and 500 episodes: 1M transitions each);
+* env ``gymnasium.make('<domain>-v0', terminate_at_goal=False, max_episode_steps=T)``: antmaze-medium and -large
+  T = 1001 rows, antmaze-giant T = 2001 (OGBench releases 1000 and 500 episodes: 1M transitions each);
 * each episode starts in a uniformly drawn free cell with a goal in a uniformly drawn *vertex* cell (a free cell that
   is not the middle of a straight corridor), both placed with the env's own position noise;
 * each step: the oracle's next cell towards the goal (``env.unwrapped.get_oracle_subgoal``), the unit direction d
@@ -30,9 +30,8 @@ import numpy as np
 from utils.errors import UserError
 from utils.files import atomic_write
 
-NAV_DOMAINS = {"antmaze-large": 1001, "antmaze-giant": 2001}  # domain -> rows per episode (OGBench's commands.sh)
-OFFICIAL_EPISODES = {"antmaze-large": 1000, "antmaze-giant": 500}  # OGBench's release: 1M transitions each
-NAV_AGENT = {"antmaze-large": "ant", "antmaze-giant": "ant"}
+NAV_DOMAINS = {"antmaze-medium": 1001, "antmaze-large": 1001, "antmaze-giant": 2001}  # rows per episode (OGBench's commands.sh)
+NAV_AGENT = {"antmaze-medium": "ant", "antmaze-large": "ant", "antmaze-giant": "ant"}
 DATA_ACTION_NOISE = 0.2  # std of the Gaussian noise on the expert's action (OGBench's navigate default)
 EXPERT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "experts")
 EXPERT_FORMAT = 1

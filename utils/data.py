@@ -111,7 +111,7 @@ def resolve_dataset_path(env_name: str, dataset_path: str | None, generate_missi
             raise UserError(f"could not generate the missing dataset: `{shlex.join(cmd)}` failed (its error is above)")
         return os.path.join(out_dir, f"{dataset_name}.npz")
     how = (f"generate one with `python -m datagen --env-id {dataset_name.removesuffix('-v0')} --episodes 1000 --seed 0 --workers 8 "
-           f"--out {out_dir}` or pass --generate-missing N (manipulation domains), or copy the official OGBench files there")
+           f"--out {out_dir}` or pass --generate-missing N (manipulation and antmaze navigate), or copy the official OGBench files there")
     raise UserError(f"no dataset for {env_name}: looked for {' and '.join(candidates)}; {how}")
 
 
