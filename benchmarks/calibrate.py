@@ -117,6 +117,8 @@ def run_algo(a, task: str, env: str, task_id: int, domain: str, algo: str, chang
            "--seed", str(a.seeds[0]), "--num-seeds", str(len(a.seeds)), "--run-dir", run_dir,
            "--offline-steps", str(a.steps), "--eval-interval", str(a.eval_interval), "--log-interval", str(a.log_interval),
            "--checkpoint-interval", str(a.eval_interval), *flags(values, algo)]
+    if values.get("pretrain_steps", 0) == 0:  # no BC stage: the starting policy is untrained, its evaluation is wasted time
+        cmd.append("--no-initial-eval")
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "calibrate_cmd.txt"), "w") as f:
         f.write(" ".join(cmd[1:]) + "\n")

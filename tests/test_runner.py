@@ -129,6 +129,17 @@ def test_blocks_align_to_every_interval(dataset, tmp_path, monkeypatch):
     assert all(np.isfinite(float(r["loss"])) for r in off) and all(r["bc_loss"] != "" for r in pre)
 
 
+@pytest.mark.parametrize("initial", [True, False])
+def test_no_initial_eval_skips_only_the_step_0_evaluation(dataset, tmp_path, monkeypatch, initial):
+    """--no-initial-eval (a protocol with no BC stage starts from an untrained policy) drops the offline step-0
+    evaluation and no other; the flag is free, so a run directory may be continued with either value."""
+    from utils import runner
+    calls = []
+    monkeypatch.setattr(runner.Run, "evaluate", lambda self, act, tree, step, phase: calls.append((step, phase)))
+    pipeline(args_for(dataset, str(tmp_path / "r"), pretrain_steps=7, eval_episodes=1, initial_eval=initial))
+    assert calls == [(7, "offline")] * initial + [(12, "offline"), (17, "offline"), (19, "offline")]
+
+
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(dataset, tmp_path):
     rd = str(tmp_path / "r")
     with pytest.raises(UserError, match=r"non-finite loss at offline step 6"):

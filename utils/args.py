@@ -71,6 +71,7 @@ class RunArgs:
 
     eval_interval: int = 50_000  # steps between evaluations (offline: updates; online: environment steps)
     eval_episodes: int = 50  # episodes per evaluation and seed (0: no evaluation)
+    initial_eval: bool = True  # evaluate the starting policy at offline step 0 (the BC flow; with no BC stage, an untrained policy)
     eval_workers: Optional[int] = None  # processes stepping the evaluation envs (0: in this process; default: by the cores available)
     log_interval: int = 5_000  # updates per train.csv row (online: environment steps)
     checkpoint_interval: int = 100_000

@@ -190,7 +190,7 @@ def load_flow(run: Run, path: str, template: Tree) -> Tree:
 
 def offline_phase(run: Run, algorithm: Algorithm, bc: Algorithm | None, bc_states: Tree | None) -> Tree:
     """Every seed's state from ``algorithm.init(key, flow)``; the BC flow (or, with no BC stage, the initial policy) is
-    evaluated at offline step 0, then --offline-steps updates. A run resumed in the online phase gets the initial
+    evaluated at offline step 0 (unless --no-initial-eval), then --offline-steps updates. A run resumed in the online phase gets the initial
     states, a template that the online phase restores."""
     ckpts, P = run.checkpoints, run.schedule.pretrain
     state = jax.vmap(algorithm.init)(run.keys.init, None if bc_states is None else bc_states.params)
@@ -202,7 +202,7 @@ def offline_phase(run: Run, algorithm: Algorithm, bc: Algorithm | None, bc_state
         start, sums = ckpts.step, MetricSums.from_metas(metas)
     else:
         keys, start = run.keys.for_phase("offline"), P
-        if run.args.eval_episodes > 0:
+        if run.args.eval_episodes > 0 and run.args.initial_eval:
             run.evaluate(*((bc.act, bc_states) if bc is not None else (algorithm.act, state)), P, "offline")
         if run.schedule.offline == 0:  # no offline updates: still leave a resume point
             run.save(P, "offline", state, keys)

@@ -78,11 +78,12 @@ def run_dirs(args: RunArgs) -> list[str]:
 
 # Flags that do not change what a run computes, so a run directory may be continued with other values: the logging
 # and its destination, evaluation workers (the same episodes in or out of this process), videos, checkpoint retention,
+# the evaluation of the starting policy (an eval.csv row; no update depends on it),
 # the dataset generation fallback (the dataset is named by --env-id/--dataset-path), the run directory itself and how
 # many seeds are trained beside it (each seed directory's own --seed is compared; vmapped seeds equal single-seed runs
 # up to float rounding).
 FREE_ARGS = frozenset({"exp_name", "track", "wandb_project_name", "wandb_entity", "run_dir", "num_seeds", "capture_video",
-                       "eval_workers", "generate_missing", "keep_checkpoints", "resume_changed"})
+                       "eval_workers", "generate_missing", "keep_checkpoints", "resume_changed", "initial_eval"})
 ABSENT = "(absent)"
 
 
