@@ -8,7 +8,7 @@ every reset and every 100 steps, appended to the observation; the reward of a st
 along z, so an episode's return is the distance walked along the commanded directions, in metres), and exports the
 actor to a small ``.npz`` that ``datagen.locomaze`` drives through the maze. docs/DATA.md has the whole story.
 
-    python -m datagen.expert --agent ant --steps 400000                    # OGBench's recipe (about 6 h on 1 CPU core)
+    python -m datagen.expert --agent ant --steps 400000                    # OGBench's recipe (~1.5 CPU-hours)
     python -m datagen.expert --agent ant --steps 400000 --run-dir DIR      # rerun the same command to resume
 
 The recipe is OGBench's SAC agent and training script (its ``impls/agents/sac.py`` and ``data_gen_scripts/main_sac.py``):
@@ -21,10 +21,11 @@ environment step; masks are 1 - terminated (the ant's unhealthy-height end), tim
 What the run directory (default ``runs/expert/<agent>__seed<seed>``) holds: ``args.json``; ``train.csv`` (a row
 every ``--log-interval`` steps: the mean return of the training episodes ended since the last row, the deterministic
 policy's ``eval_return`` and, with the data's action noise 0.2, ``eval_return_noise``, each the mean over
-``--eval-episodes`` fixed-seed episodes, the losses, alpha, entropy, steps/s and elapsed time); ``checkpoints/`` (the
-whole training state with the replay buffer and every random stream, written at the first episode end past each
-``--checkpoint-interval`` steps, so a resumed run equals an uninterrupted one); ``expert.npz`` (the actor, written
-at the end, with its config, the command that made it, the seed, the final returns and the training time).
+``--eval-episodes`` fixed-seed episodes, the losses, alpha, entropy, steps/s, wall and CPU time); ``checkpoints/``
+(every ``--checkpoint-interval`` steps: the training state, the filled replay rows, MuJoCo's integration state and every
+random stream, so a run resumed mid-episode equals an uninterrupted one); ``expert.npz`` (the actor, written
+after every evaluation and at the end, with its config, the command that made it, the seed, the returns and the
+training time, wall and CPU).
 """
 
 from __future__ import annotations
@@ -349,8 +350,15 @@ def set_env_state(env, action_rng: np.random.Generator, text: str) -> None:
     action_rng.bit_generator.state = s["action_rng"]
 
 
-def command_line() -> str:
-    return "python -m datagen.expert " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+def command_line(args: Args) -> str:
+    """The command that makes this expert: the flags that differ from the defaults, without the run directory and the
+    progress bar (they do not change the weights)."""
+    flags = [f"--agent {args.agent}", f"--steps {args.steps}", f"--seed {args.seed}"]
+    for k, default in asdict(Args()).items():
+        v = getattr(args, k)
+        if k not in ("agent", "steps", "seed", "run_dir", "progress") and v != default:
+            flags.append(f"--{k.replace('_', '-')} " + (" ".join(map(str, v)) if isinstance(v, tuple) else shlex.quote(str(v))))
+    return "python -m datagen.expert " + " ".join(flags)
 
 
 def check_run_dir(args: Args) -> dict:
@@ -373,7 +381,7 @@ def check_run_dir(args: Args) -> dict:
 # ===================================================================================== main
 def main(args: Args) -> str:
     args = resolve_args(args)
-    saved_args = check_run_dir(args)
+    check_run_dir(args)
     nets = make_networks(args)
     env, eval_env = make_env(args), make_env(args)
 
@@ -383,7 +391,7 @@ def main(args: Args) -> str:
     np.random.seed(args.seed)
     obs, _ = env.reset(seed=args.seed)
     ckpts = Checkpoints([args.run_dir], keep=args.keep_checkpoints)
-    step, episodes, elapsed, ep_return, window, last_eval, pending = 0, 0, 0.0, 0.0, [], None, None
+    step, episodes, elapsed, cpu, ep_return, window, last_eval, pending = 0, 0, 0.0, 0.0, 0.0, [], None, None
     if ckpts.newest is not None:
         rows = int(ckpts.meta["buffer_rows"])
         template = {"state": state, "buffer": {k: np.zeros((rows,) + v.shape[1:], np.float32) for k, v in buffer.items()},
@@ -392,15 +400,15 @@ def main(args: Args) -> str:
         state = jax.tree.map(jnp.asarray, tree["state"])
         buffer = {k: v.at[:rows].set(tree["buffer"][k]) for k, v in buffer.items()}
         pending, obs = {k: np.asarray(v) for k, v in tree["pending"].items()}, np.asarray(tree["obs"], np.float64)
-        step, episodes, elapsed, ep_return, window, last_eval = (meta[k] for k in ("step", "episodes", "elapsed_s", "ep_return",
-                                                                                    "window", "last_eval"))
+        step, episodes, elapsed, cpu, ep_return, window, last_eval = (
+            meta[k] for k in ("step", "episodes", "elapsed_s", "cpu_s", "ep_return", "window", "last_eval"))
         set_env_state(env, action_rng, meta["env_state"])
     log = CSVLog(os.path.join(args.run_dir, "train.csv"), resume_step=step)
 
     store_step, agent_step = make_agent_step(args, nets)
     act_mode = jax.jit(lambda p, o: act(nets, p, o, None))
     metrics = None
-    t_start, t_row, step_row = time.time() - elapsed, time.time(), step
+    t_start, t_row, step_row, cpu_start = time.time() - elapsed, time.time(), step, time.process_time() - cpu
 
     from tqdm import tqdm
 
@@ -431,10 +439,12 @@ def main(args: Args) -> str:
                 last_eval = [evaluate(args, eval_env, policy, args.eval_episodes, 0.0),
                              evaluate(args, eval_env, policy, args.eval_episodes, DATA_ACTION_NOISE)]
                 row["eval_return"], row["eval_return_noise"] = last_eval
+                export(args, state, step, last_eval, time.time() - t_start, time.process_time() - cpu_start)
             if metrics is not None:
                 row.update({k: float(v) for k, v in metrics.items()})
             now = time.time()
-            row.update(steps_per_s=(step - step_row) / max(now - t_row, 1e-9), elapsed_s=now - t_start)
+            row.update(steps_per_s=(step - step_row) / max(now - t_row, 1e-9), elapsed_s=now - t_start,
+                       cpu_s=time.process_time() - cpu_start)
             t_row, step_row, window = now, step, []
             log.write(row)
             if row["train_return"] != "":
@@ -442,26 +452,32 @@ def main(args: Args) -> str:
 
         if step % args.checkpoint_interval == 0 or step == args.steps:
             rows = int(min(int(state.count), buffer["rewards"].shape[0]))
-            meta = {"episodes": episodes, "elapsed_s": time.time() - t_start, "ep_return": ep_return, "window": window,
+            meta = {"episodes": episodes, "elapsed_s": time.time() - t_start, "cpu_s": time.process_time() - cpu_start,
+                    "ep_return": ep_return, "window": window,
                     "last_eval": last_eval, "buffer_rows": rows, "env_state": env_state(env, action_rng)}
             tree = {"state": state, "buffer": {k: v[:rows] for k, v in buffer.items()}, "pending": pending, "obs": obs}
             ckpts.save(step, "train", [tree], [meta])
     bar.close()
-    elapsed = time.time() - t_start
+    return export(args, state, step, last_eval, time.time() - t_start, time.process_time() - cpu_start)
 
+
+def export(args: Args, state: TrainState, step: int, last_eval: list | None, wall_s: float, cpu_s: float) -> str:
+    """Write the actor to ``<run_dir>/expert.npz`` (after every evaluation and at the end) with what made it."""
     path = os.path.join(args.run_dir, "expert.npz")
+    spec = AGENTS[args.agent]
     info = {
         "agent": args.agent,
-        "env": f"{AGENTS[args.agent]['gym_id']} + GymXYWrapper(resample_interval={AGENTS[args.agent]['resample_interval']})",
-        "command": command_line(),
+        "env": f"{spec['gym_id']} + GymXYWrapper(resample_interval={spec['resample_interval']})",
+        "command": command_line(args),
         "seed": args.seed,
-        "steps": args.steps,
-        "args": saved_args,
+        "steps": step,
         "eval_return": last_eval[0] if last_eval else None,
         "eval_return_noise": last_eval[1] if last_eval else None,
         "eval_episodes": args.eval_episodes,
-        "train_time_s": round(elapsed, 1),
+        "train_wall_s": round(wall_s, 1),
+        "train_cpu_s": round(cpu_s, 1),
         "machine": f"{os.cpu_count()} CPU cores, jax {jax.__version__} on {jax.default_backend()}",
+        "args": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(args).items() if k not in ("run_dir", "progress")},
     }
     save_expert(path, jax.device_get(state.params["actor"]), list(args.actor_hidden_dims), info)
     return path
@@ -478,7 +494,7 @@ def run(args: Args) -> None:
     with np.load(path) as z:
         info = json.loads(str(z["info"][()]))
     print(f"{path}: eval_return {info['eval_return']:.1f} (noise 0.2: {info['eval_return_noise']:.1f}) "
-          f"after {info['steps']} steps, {info['train_time_s'] / 3600:.2f} h")
+          f"after {info['steps']} steps, {info['train_wall_s'] / 3600:.2f} h wall, {info['train_cpu_s'] / 3600:.2f} h CPU")
 
 
 if __name__ == "__main__":

@@ -76,11 +76,14 @@ def test_resume_mid_episode_equals_an_uninterrupted_run(tmp_path):
             if k != "info":
                 np.testing.assert_array_equal(a[k], b[k], err_msg=k)
         info = json.loads(str(b["info"][()]))
-    assert info["steps"] == 300 and info["seed"] == 0 and info["eval_return"] is not None
+    assert info["steps"] == 300 and info["seed"] == 0 and info["eval_return"] is not None and info["train_cpu_s"] > 0
+    assert info["command"] == "python -m datagen.expert --agent ant --steps 300 --seed 0 --start-steps 100 --batch-size 16 " \
+        "--actor-hidden-dims 16 16 --value-hidden-dims 16 16 --buffer-size 1000 --episode-steps 120 --log-interval 100 " \
+        "--eval-interval 200 --eval-episodes 1 --checkpoint-interval 80"
 
     def table(d):
         lines = open(os.path.join(d, "train.csv")).read().splitlines()
-        keep = [i for i, c in enumerate(lines[0].split(",")) if c not in ("steps_per_s", "elapsed_s")]
+        keep = [i for i, c in enumerate(lines[0].split(",")) if c not in ("steps_per_s", "elapsed_s", "cpu_s")]
         return [[row.split(",")[i] for i in keep] for row in lines]
 
     # the stopped run's last row (step 230, written when it ended) stays in its table; the rest is the same
