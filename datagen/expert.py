@@ -413,51 +413,55 @@ def main(args: Args) -> str:
     from tqdm import tqdm
 
     bar = tqdm(total=args.steps, initial=step, unit="step", disable=not args.progress, file=sys.stderr, dynamic_ncols=True)
-    while step < args.steps:
-        if pending is not None:
-            state, buffer = store_step(state, buffer, pending)
-        if step < args.start_steps:
-            action = action_rng.uniform(-1.0, 1.0, AGENTS[args.agent]["action_dim"]).astype(np.float32)
-        else:
-            state, action, metrics = agent_step(state, buffer, obs)
-            action = np.asarray(action)
-        next_obs, reward, terminated, truncated, _ = env.step(action.astype(np.float64))
-        pending = {"observations": obs.astype(np.float32), "actions": action.astype(np.float32), "rewards": np.float32(reward),
-                   "masks": np.float32(1.0 - terminated), "next_observations": next_obs.astype(np.float32)}
-        obs, ep_return, step = next_obs, ep_return + float(reward), step + 1
-        if terminated or truncated:
-            episodes += 1
-            window.append(ep_return)
-            obs, ep_return = env.reset()[0], 0.0
-        bar.update(1)
+    try:
+        while step < args.steps:
+            if pending is not None:
+                state, buffer = store_step(state, buffer, pending)
+            if step < args.start_steps:
+                action = action_rng.uniform(-1.0, 1.0, AGENTS[args.agent]["action_dim"]).astype(np.float32)
+            else:
+                state, action, metrics = agent_step(state, buffer, obs)
+                action = np.asarray(action)
+            next_obs, reward, terminated, truncated, _ = env.step(action.astype(np.float64))
+            pending = {"observations": obs.astype(np.float32), "actions": action.astype(np.float32), "rewards": np.float32(reward),
+                       "masks": np.float32(1.0 - terminated), "next_observations": next_obs.astype(np.float32)}
+            obs, ep_return, step = next_obs, ep_return + float(reward), step + 1
+            if terminated or truncated:
+                episodes += 1
+                window.append(ep_return)
+                obs, ep_return = env.reset()[0], 0.0
+            bar.update(1)
 
-        if step % args.log_interval == 0 or step == args.steps:
-            row = {"step": step, "episodes": episodes, "train_return": float(np.mean(window)) if window else "",
-                   "eval_return": "", "eval_return_noise": ""}
-            if step % args.eval_interval == 0 or step == args.steps:
-                policy = lambda o: act_mode(state.params["actor"], o)  # noqa: E731
-                last_eval = [evaluate(args, eval_env, policy, args.eval_episodes, 0.0),
-                             evaluate(args, eval_env, policy, args.eval_episodes, DATA_ACTION_NOISE)]
-                row["eval_return"], row["eval_return_noise"] = last_eval
-                export(args, state, step, last_eval, time.time() - t_start, time.process_time() - cpu_start)
-            if metrics is not None:
-                row.update({k: float(v) for k, v in metrics.items()})
-            now = time.time()
-            row.update(steps_per_s=(step - step_row) / max(now - t_row, 1e-9), elapsed_s=now - t_start,
-                       cpu_s=time.process_time() - cpu_start)
-            t_row, step_row, window = now, step, []
-            log.write(row)
-            if row["train_return"] != "":
-                bar.set_postfix(ret=f"{row['train_return']:.1f}", refresh=False)
+            if step % args.log_interval == 0 or step == args.steps:
+                row = {"step": step, "episodes": episodes, "train_return": float(np.mean(window)) if window else "",
+                       "eval_return": "", "eval_return_noise": ""}
+                if step % args.eval_interval == 0 or step == args.steps:
+                    policy = lambda o: act_mode(state.params["actor"], o)  # noqa: E731
+                    last_eval = [evaluate(args, eval_env, policy, args.eval_episodes, 0.0),
+                                 evaluate(args, eval_env, policy, args.eval_episodes, DATA_ACTION_NOISE)]
+                    row["eval_return"], row["eval_return_noise"] = last_eval
+                    export(args, state, step, last_eval, time.time() - t_start, time.process_time() - cpu_start)
+                if metrics is not None:
+                    row.update({k: float(v) for k, v in metrics.items()})
+                now = time.time()
+                row.update(steps_per_s=(step - step_row) / max(now - t_row, 1e-9), elapsed_s=now - t_start,
+                           cpu_s=time.process_time() - cpu_start)
+                t_row, step_row, window = now, step, []
+                log.write(row)
+                if row["train_return"] != "":
+                    bar.set_postfix(ret=f"{row['train_return']:.1f}", refresh=False)
 
-        if step % args.checkpoint_interval == 0 or step == args.steps:
-            rows = int(min(int(state.count), buffer["rewards"].shape[0]))
-            meta = {"episodes": episodes, "elapsed_s": time.time() - t_start, "cpu_s": time.process_time() - cpu_start,
-                    "ep_return": ep_return, "window": window,
-                    "last_eval": last_eval, "buffer_rows": rows, "env_state": env_state(env, action_rng)}
-            tree = {"state": state, "buffer": {k: v[:rows] for k, v in buffer.items()}, "pending": pending, "obs": obs}
-            ckpts.save(step, "train", [tree], [meta])
-    bar.close()
+            if step % args.checkpoint_interval == 0 or step == args.steps:
+                rows = int(min(int(state.count), buffer["rewards"].shape[0]))
+                meta = {"episodes": episodes, "elapsed_s": time.time() - t_start, "cpu_s": time.process_time() - cpu_start,
+                        "ep_return": ep_return, "window": window,
+                        "last_eval": last_eval, "buffer_rows": rows, "env_state": env_state(env, action_rng)}
+                tree = {"state": state, "buffer": {k: v[:rows] for k, v in buffer.items()}, "pending": pending, "obs": obs}
+                ckpts.save(step, "train", [tree], [meta])
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"interrupted at step {step}; {ckpts.kept()}: rerun the same command to resume") from None
+    finally:
+        bar.close()
     return export(args, state, step, last_eval, time.time() - t_start, time.process_time() - cpu_start)
 
 
