@@ -21,6 +21,7 @@ from utils import checkpoint
 FLOW_SLOTS = {
     "trqam": [("params", "base"), ("params", "policy"), ("target", "base")],
     "qam": [("params", "base"), ("params", "policy"), ("target", "base")],
+    "sqam": [("params", "base"), ("params", "policy"), ("target", "base")],
     "baselines.qam_e": [("params", "base"), ("params", "policy"), ("target", "base")],
     "baselines.qam_f": [("params", "base"), ("params", "policy"), ("target", "base")],
     "baselines.cgql": [("params", "flow"), ("target", "flow")],

@@ -18,14 +18,19 @@ from collections import defaultdict
 from utils.algorithm import Algorithm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FILES = ["trqam.py", "qam.py", *sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "baselines", "[a-z]*.py")))]
+FILES = ["trqam.py", "qam.py", "sqam.py",
+         *sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "baselines", "[a-z]*.py")))]
 # names every method defines its own way: its arguments, presets, state, networks, losses, update, actor, pipeline
 PER_METHOD = {"Args", "resolve_args", "main", "TrainState", "init_state", "update", "act", "Networks", "make_networks",
-              "optimizer", "loss", "trqam_loss", "qam_loss", "summary", "dual_state"}
+              "optimizer", "loss", "trqam_loss", "qam_loss", "sqam_loss", "summary", "dual_state"}
 # what trqam.py and qam.py must share at least (so this test cannot pass by sharing nothing)
 CORE = {"MLP", "VelocityField", "CriticEnsemble", "sample_flow", "bc_flow_loss", "td_loss", "sde_schedule", "memoryless_rollout",
         "terminal_adjoint", "lean_adjoint", "adjoint_matching", "adjoint_matching_loss", "path_kl", "polyak", "BCState", "bc_init",
         "bc_update", "flow_act", "FlowBC"}
+# what sqam.py takes over from trqam.py unchanged: the networks, TD loss, terminal adjoint (6), matching loss (8), path KL (9),
+# dual step (10), targets and the BC stage
+SQAM_CORE = {"MLP", "VelocityField", "CriticEnsemble", "sample_flow", "bc_flow_loss", "td_loss", "terminal_adjoint",
+             "adjoint_matching_loss", "path_kl", "dual_step", "polyak", "BCState", "bc_init", "bc_update", "flow_act", "FlowBC"}
 
 
 def definitions(path: str) -> dict[str, str]:
@@ -41,6 +46,7 @@ def test_shared_definitions_are_identical():
         for name in d:
             where[name].append(f)
     assert CORE <= set(defs["trqam.py"]) & set(defs["qam.py"]), CORE - (set(defs["trqam.py"]) & set(defs["qam.py"]))
+    assert SQAM_CORE <= set(defs["trqam.py"]) & set(defs["sqam.py"]), SQAM_CORE - (set(defs["trqam.py"]) & set(defs["sqam.py"]))
     differing = {}
     for name, files in where.items():
         if len(files) > 1 and name not in PER_METHOD:
