@@ -7,8 +7,12 @@ code produced on the same inputs, recorded in tests/data/peer_update.json). Need
 - ``batch_pair``: one chunk batch in the authors' layout (per-step columns of ``sample_sequence``) and in this
   project's (METHOD (3): the last column of rewards/masks, the last next observation, flattened actions).
 - ``peer_noises``: the random draws of one authors' update, recomputed from the agent's key the way their
-  ``_update -> total_loss -> critic_loss / actor_loss / adj_matching`` split and draw it.
+  ``_update -> total_loss -> critic_loss / actor_loss / adj_matching`` (SQAM: ``estimate_adjoint``) split and draw it.
 - ``these_draws``: hands those draws to this project's loss in place of its own ``jax.random`` draws, in order.
+
+SQAM (sqam.py) is checked against the authors' ``agents/sqam.py`` of github yonghdong/sqam, which runs inside their
+TRQAM tree (same ``utils/``); its parity uses ``N_BRIDGE`` bridge states, deliberately not the flow's K steps, so that
+a mix-up of the two counts shows.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 OBS, A, H, K, B = 17, 3, 5, 10, 64
 D = A * H
 DIMS, NUM_QS = (64, 64), 2
+N_BRIDGE = 6  # SQAM's K_b in the parity check (its default is 10 = K)
 
 
 def unwrap(tree: dict) -> dict:
@@ -75,9 +80,14 @@ def next_agent_key(key: jax.Array) -> jax.Array:
 
 
 def peer_noises(agent_key: jax.Array, algo: str) -> dict[str, list[jax.Array]]:
-    """The draws of one authors' update of ``algo`` ('trqam' or 'qam') from its agent key."""
+    """The draws of one authors' update of ``algo`` ('trqam', 'qam' or 'sqam') from its agent key."""
     _, key = jax.random.split(agent_key)
     _, actor_key, critic_key = jax.random.split(key, 3)
+    if algo == "sqam":  # agents/sqam.py: the endpoint's x_0 from split(agent key)[1] (= the loss key), the bridge noise from
+        _, x_key, t_key = jax.random.split(actor_key, 3)  # fold_in(agent key, 1); BC from actor_key, next action from critic_key
+        return {"normal": [jax.random.normal(key, (B, D)), jax.random.normal(jax.random.fold_in(agent_key, 1), (N_BRIDGE, B, D)),
+                           jax.random.normal(critic_key, (B, 1, D))[:, 0], jax.random.normal(x_key, (B, D))],
+                "uniform": [jax.random.uniform(t_key, (B, 1))]}
     if algo == "qam":  # agents/qam.py: actor_loss splits five ways, sample_actions splits off an edit key first
         _, x_key, t_key, adj_key, _ = jax.random.split(actor_key, 5)
         critic_key, _ = jax.random.split(critic_key)
@@ -91,8 +101,10 @@ def peer_noises(agent_key: jax.Array, algo: str) -> dict[str, list[jax.Array]]:
 
 @contextlib.contextmanager
 def these_draws(draws: dict[str, list[jax.Array]]):
-    """This project's loss draws normal (B,d) [next action], uniform (B,1) and normal (B,d) [BC], normal (B,d) and
-    normal (K-1,B,d) [rollout]; within this block ``jax.random.normal/uniform`` return ``draws`` in that order."""
+    """This project's TRQAM/QAM loss draws normal (B,d) [next action], uniform (B,1) and normal (B,d) [BC], normal (B,d)
+    and normal (K-1,B,d) [rollout]; its SQAM loss normal (B,d) and normal (K_b,B,d) [endpoint, bridge], normal (B,d)
+    [next action], uniform (B,1) and normal (B,d) [BC]. Within this block ``jax.random.normal/uniform`` return ``draws``
+    in that order."""
     normal, uniform = jax.random.normal, jax.random.uniform
     queue = {k: list(v) for k, v in draws.items()}
 
@@ -113,8 +125,11 @@ def these_draws(draws: dict[str, list[jax.Array]]):
 
 
 def our_args(mod, algo: str):
-    """The Args of trqam.py / qam.py at the sizes above (puzzle-3x3's presets: H = 5, gamma 0.995, rho 0.5, beta 3)."""
+    """The Args of trqam.py / qam.py / sqam.py at the sizes above (puzzle-3x3's presets: H = 5, gamma 0.995, rho 0.5,
+    beta 3)."""
     extra = {"inv_temp": 3.0} if algo == "qam" else {"kl_budget": 1.0, "kl_budget_online": 1.0}
+    if algo == "sqam":  # the authors' defaults: budget 0.5, value penalty 0.3
+        extra = {"kl_budget": 0.5, "kl_budget_online": 0.5, "gap_reg_coef": 0.3, "n_bridge": N_BRIDGE}
     return mod.Args(env_id="puzzle-3x3-play", actor_hidden_dims=DIMS, value_hidden_dims=DIMS, actor_layer_norm=False,
                     num_qs=NUM_QS, horizon=H, discount=0.995, rho=0.5, flow_steps=K, batch_size=B, **extra)
 
@@ -130,8 +145,10 @@ def our_state(mod, args, nets, seed: int):
 def summary(state, m: dict, algo: str) -> dict[str, float]:
     """What the fixture records after each update: the logged quantities and a checksum of every parameter group."""
     out = {k: float(m[k]) for k in ("critic_loss", "q_mean", "bc_loss", "am_loss")}
-    if algo == "trqam":
+    if algo in ("trqam", "sqam"):
         out.update(kl=float(m["kl"]), lam=float(state.lam), kl_ema=float(state.kl_avg))
+    if algo == "sqam":
+        out.update(value_gap=float(m["value_gap"]), adj_mean=float(m["adj_mean"]))
     for group, tree in (("critic", state.params["critic"]), ("base", state.params["base"]), ("policy", state.params["policy"]),
                         ("target_critic", state.target["critic"]), ("target_base", state.target["base"])):
         out[f"{group}_l1"] = float(sum(jnp.abs(x).sum() for x in jax.tree.leaves(tree)))
