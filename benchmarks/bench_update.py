@@ -80,14 +80,14 @@ def env_names_unchecked() -> Iterator[None]:
 
 
 # the default env's (cube-double) presets switch these methods' own part off (edit scale 0, one-step alpha 0): time
-# them with it on, at the values of the domains that use it
+# them with it on, at the values of the domains that use it. Keyed by the algorithm's name (ALGOS, --algos).
 KNOBS = {"qam-e": {"edit_scale": 0.1}, "qam-f": {"fql_alpha": 30.0}}
 
 
-def make_args(mod: ModuleType, size: str, batch_size: int, flow_steps: int) -> Any:
+def make_args(algo: str, mod: ModuleType, size: str, batch_size: int, flow_steps: int) -> Any:
     """The algorithm's own Args at this size, resolved by its resolve_args (per-domain presets of the default env,
-    except ``KNOBS``)."""
-    s, knobs = SIZES[size], KNOBS.get(mod.__name__.rsplit(".", 1)[-1], {})
+    except ``KNOBS[algo]``)."""
+    s, knobs = SIZES[size], KNOBS.get(algo, {})
     with env_names_unchecked():
         return mod.resolve_args(mod.Args(horizon=HORIZON, actor_hidden_dims=s["hidden"], value_hidden_dims=s["hidden"],
                                          actor_layer_norm=False, num_qs=s["num_qs"], batch_size=batch_size,
@@ -187,7 +187,7 @@ def load_module(algo: str) -> ModuleType:
 def bench_ours(algo: str, size: str, num_seeds: int, opts: argparse.Namespace) -> dict[str, float]:
     """One dispatch = ``--updates`` updates of ``num_seeds`` seeds through ``make_block`` (one seed: no vmap, as the runner)."""
     mod = load_module(algo)
-    args = make_args(mod, size, opts.batch_size, opts.flow_steps)
+    args = make_args(algo, mod, size, opts.batch_size, opts.flow_steps)
     nets, states, keys = training_setup(mod, args, num_seeds, opts.seed)
     data = synthetic_dataset(opts.dataset_size, OBS_DIM, ACT_DIM, seed=opts.seed)
     size_arg = np.int32(opts.dataset_size)

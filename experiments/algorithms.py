@@ -38,4 +38,5 @@ ALGORITHMS: dict[str, Method] = {a.name: a for a in (
     Method("qam-f", "QAM-F", "baselines/qam_f.py"),
     Method("qam-e", "QAM-E", "baselines/qam_e.py"),
     Method("trqam", "TRQAM", "trqam.py"),
+    Method("sqam", "SQAM", "sqam.py"),  # the TRQAM authors' successor (docs/METHOD.md section 10)
 )}
