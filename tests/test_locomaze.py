@@ -19,7 +19,7 @@ import pytest
 from datagen import expert as ex
 from datagen.generate import generate_dataset
 from datagen.generate import main as datagen_main
-from datagen.locomaze import collect_unit, maze_cells, oracle_direction
+from datagen.locomaze import ExpertPolicy, collect_unit, default_expert_path, maze_cells, oracle_direction
 from datagen.recipe import unit_seeds
 from utils.errors import UserError
 
@@ -127,3 +127,14 @@ def test_sweep_plans_antmaze_generation_and_stops_for_humanoidmaze(tmp_path, cap
     code = sweep.main(["--algos", "trqam", "--env-ids", "humanoidmaze-large-navigate", "--out", out, "--data-dir", data_dir])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "copy the official humanoidmaze-large-navigate-v0.npz" in err[0]
+
+
+@pytest.mark.skipif(not os.path.exists(default_expert_path("ant")), reason="datagen/experts/ant.npz is not committed yet")
+def test_committed_ant_expert_walks_where_it_is_told():
+    """The committed walker, run in NumPy as the generator runs it, follows the commanded directions on the real
+    directional task about as far as its training run recorded (its deterministic eval_return, metres per episode)."""
+    policy = ExpertPolicy(default_expert_path("ant"), 29, 8)
+    args = ex.resolve_args(ex.Args(progress=False))
+    env = ex.make_env(args)
+    walked = ex.evaluate(args, env, policy, 1, 0.0)
+    assert policy.info["eval_return"] > 0 and walked > 0.5 * policy.info["eval_return"], (walked, policy.info)
