@@ -130,11 +130,19 @@ def smoothed(a: jax.Array, eps: jax.Array, sigma) -> jax.Array:
     return jnp.clip(a + jnp.clip(sigma * eps, -NOISE_CLIP, NOISE_CLIP), -1.0, 1.0)
 
 
+def member_std(qs: jax.Array) -> jax.Array:
+    """std_i Q_i over the ensemble axis, equal to ``qs.std(0)``, with a zero gradient where every member gives the same
+    value: there jnp.std's gradient is 0/0 = NaN. With 2 critics the two Q(s, pi(s)) coincide in float32 now and then
+    (a run on scene stopped at update 170 with a NaN gradient); the authors' 10 critics make it vanishingly rare."""
+    var = qs.var(0)
+    return jnp.where(var > 0, jnp.sqrt(jnp.where(var > 0, var, 1.0)), 0.0)
+
+
 def rebrac_actor_loss(qs: jax.Array, pi_a: jax.Array, data_a: jax.Array, weight: jax.Array, alpha, rho) -> tuple:
     """L_pi, docs/BASELINES.md section 9, from the online critic's Q_i(s, pi(s)) (N, B), critic parameters constant:
     q_p = mean_i Q_i - rho std_i Q_i, lambda = sg(1 / mean_b |q_p|),
     L_pi = -mean_b(lambda q_p) + alpha mean_b[valid_H sum_j (pi(s)_j - a_j)^2]. Returns (L_pi, lambda, the BC mean)."""
-    q_p = qs.mean(0) - rho * qs.std(0)
+    q_p = qs.mean(0) - rho * member_std(qs)
     lam = jax.lax.stop_gradient(1.0 / jnp.mean(jnp.abs(q_p)))
     bc = jnp.mean(weight * jnp.sum((pi_a - data_a) ** 2, axis=-1))
     return -jnp.mean(lam * q_p) + alpha * bc, lam, bc

@@ -26,6 +26,18 @@ def batch(seed=0):
     return five_row_batch(seed, OBS, D)
 
 
+def test_member_std_equals_jnp_std_and_has_a_finite_gradient_where_members_agree():
+    """With 2 critics the members' Q(s, pi(s)) can coincide exactly; jnp.std's gradient there is NaN and stopped a
+    scene run at update 170. member_std has jnp.std's value bit for bit and a zero gradient at zero spread."""
+    qs = jnp.asarray(np.random.default_rng(1).normal(size=(2, B)), jnp.float32).at[:, 2].set(-3.25)  # column 2: equal
+    assert np.array_equal(np.asarray(rebrac.member_std(qs)), np.asarray(qs.std(0)))
+    g = jax.grad(lambda q: rebrac.member_std(q).sum())(qs)
+    assert np.all(np.isfinite(g)) and np.all(g[:, 2] == 0.0) and np.all(g[:, [0, 1, 3, 4]] != 0.0)
+    assert np.isnan(jax.grad(lambda q: q.std(0).sum())(qs)[:, 2]).all()  # what it replaces
+    pi_grad = jax.grad(lambda p: rebrac.rebrac_actor_loss(qs * 0 + p.sum(-1), p, p, jnp.ones(B), 0.3, 0.5)[0])
+    assert np.all(np.isfinite(pi_grad(jnp.ones((B, D)))))  # every member equal everywhere: still a finite gradient
+
+
 def test_actor_loss_by_hand():
     """q_p = mean_i Q_i - rho std_i Q_i, lambda = 1/mean_b|q_p| held constant, BC = alpha mean_b[valid_H sum_j (pi - a)^2]:
     value and gradients (in Q and in pi) against hand-written formulas."""
