@@ -98,11 +98,12 @@ def aggregate_bars(agg: Aggregates, path: str) -> None:
     _save(fig, path)
 
 
-def trust_region(runs: list[Run], path: str) -> bool:
-    """TRQAM's lambda and path KL (estimate and EMA) against the budget over steps, one row per domain:
-    the mean over runs and the band of the middle half of the runs (25th-75th percentile)."""
+def trust_region(runs: list[Run], path: str, algo: str = "trqam") -> bool:
+    """The lambda and path KL (estimate and EMA) of ``algo``'s runs (TRQAM, SQAM: the methods with a trust region) against
+    the budget over steps, one row per domain: the mean over runs and the band of the middle half of the runs (25th-75th
+    percentile)."""
     rows_of = {r.dir: {t["step"]: t for t in r.train_rows() if t.get("phase") != "pretrain" and "lam" in t}
-               for r in runs if r.algo == "trqam"}
+               for r in runs if r.algo == algo}
     runs = [r for r in runs if rows_of.get(r.dir)]
     domains = domain_order({r.domain for r in runs})
     if not domains:
@@ -135,7 +136,7 @@ def trust_region(runs: list[Run], path: str) -> bool:
 
 
 def run_curves(run: Run, path: str) -> None:
-    """One run: evaluation success, and for TRQAM lambda and the path KL against its budget."""
+    """One run: evaluation success, and for TRQAM and SQAM lambda and the path KL against its budget."""
     plt = _plt()
     train = [t for t in run.train_rows() if t.get("phase") != "pretrain"]
     has_tr = any("lam" in t for t in train)

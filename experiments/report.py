@@ -7,7 +7,7 @@ A sweep's report has: final success per task and method (mean ± std over seeds,
 paper's layout with the paper's reported numbers beside ours where the setting matches (from
 experiments/reported.csv, whose sources docs/BASELINES.md describes), BC (the pretrained flow) as its own row, IQM and mean
 with 95% stratified-bootstrap CIs and TRQAM's probability of improvement over each method (rliable),
-the runs not finished, and figures: success vs step per domain, aggregate bars, TRQAM's λ and path KL.
+the runs not finished, and figures: success vs step per domain, aggregate bars, TRQAM's and SQAM's λ and path KL.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from experiments.results import (
 from utils.errors import UserError
 from utils.files import atomic_write
 
+TRUST_REGION = ("trqam", "sqam")  # methods with a KL trust region: a figure each of lambda and the path KL
 MARK = "†"  # a cell whose numbers may lack runs: some of their files could not be read in full
 CSV_FIELDS = ("method", "algo", "env", "task", "seed", "domain", "finished", "final_success", "bc_success", "phase",
               "offline_steps", "online_steps", "last_step", "run_dir")
@@ -267,9 +268,11 @@ def sweep_report(root: str, runs: list[Run], note: str, reps: int, poi_reps: int
     if figures.success_curves(runs, os.path.join(fig_dir, "success_curves.png"), reps=min(reps, 1000)):
         lines += ["Success vs fine-tuning step per domain (finished runs; mean over seeds and tasks, 95% bootstrap band):", "",
                   "![success curves](figures/success_curves.png)", ""]
-    if figures.trust_region(runs, os.path.join(fig_dir, "trqam_trust_region.png")):
-        lines += ["TRQAM's λ and path KL (estimate `kl`, EMA `kl_avg`) against its budget (mean over runs, band 25–75% of runs):", "",
-                  "![TRQAM trust region](figures/trqam_trust_region.png)", ""]
+    for algo in TRUST_REGION:  # the methods whose runs log lambda and the path KL
+        if figures.trust_region(runs, os.path.join(fig_dir, f"{algo}_trust_region.png"), algo):
+            name = method_name(algo)
+            lines += [f"{name}'s λ and path KL (estimate `kl`, EMA `kl_avg`) against its budget (mean over runs, band 25–75% of "
+                      "runs):", "", f"![{name} trust region](figures/{algo}_trust_region.png)", ""]
 
     lines += ["## Runs not finished", ""]
     if unfinished:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -32,6 +33,7 @@ from helpers import (
 import sqam
 import trqam
 from benchmarks.parity_inputs import these_draws
+from experiments import report, sweep
 from utils import checkpoint
 from utils.args import parse_args
 from utils.errors import UserError
@@ -226,3 +228,38 @@ def test_pipeline_resumes_exactly_offline_and_online(tiny_dataset, tmp_path):
 def restore(path: str) -> dict:
     with open(path, "rb") as f:
         return serialization.msgpack_restore(f.read())
+
+
+def fake_run(d, algo: str, seed: int, success: float) -> None:
+    """A finished offline run directory of cube-single-play task 1 that logged the trust region (lambda, KL) per row."""
+    os.makedirs(d)
+    args = {"env_id": "cube-single-play", "task_id": 1, "seed": seed, "exp_name": algo, "offline_steps": 100, "online_steps": 0,
+            "pretrain_steps": 0}
+    json.dump(args, open(os.path.join(d, "args.json"), "w"))
+    with open(os.path.join(d, "eval.csv"), "w") as f:
+        f.write("step,phase,phase_step,success\n0,offline,0,0.1\n" + f"100,offline,100,{success}\n")
+    with open(os.path.join(d, "train.csv"), "w") as f:
+        f.write("step,phase,phase_step,lam,lam_eff,kl,kl_avg,kl_budget\n"
+                + "".join(f"{s},offline,{s},{1 - s / 200},{3 - s / 70},{0.1 * s},{0.05 * s},0.5\n" for s in (50, 100)))
+    json.dump({"algorithm": algo, "env": "cube-single-play-singletask-task1-v0", "seed": seed, "final_success": success,
+               "offline_steps": 100, "online_steps": 0, "pretrain_steps": 0}, open(os.path.join(d, "summary.json"), "w"))
+
+
+def test_the_sweep_and_the_report_know_sqam(tmp_path, capsys):
+    """--algos sqam plans `python sqam.py` runs from the BC checkpoints; a report names SQAM, after TRQAM, and plots its
+    trust region as it does TRQAM's."""
+    out = str(tmp_path / "D")
+    assert sweep.main(["--algos", "sqam", "--env-ids", "cube-single-play", "--task-ids", "1", "--seeds", "0", "--out", out,
+                       "--data-dir", str(tmp_path / "data"), "--dry-run"]) == 0  # no dataset there: a generation stage first
+    lines = capsys.readouterr().out.splitlines()
+    assert any(ln.startswith("python sqam.py --env-id cube-single-play") and "--pretrained-path" in ln for ln in lines)
+
+    root = tmp_path / "S"
+    for algo, success in (("sqam", 0.75), ("trqam", 0.5)):
+        for seed in (0, 1):
+            fake_run(root / f"{algo}{seed}", algo, seed, success)
+    md = open(report.write_report(str(root), reps=50, poi_reps=20)).read()
+    assert "| task | TRQAM | SQAM |" in md and "| cube-single-play task1 | 50.0 ± 0.0 (2) | 75.0 ± 0.0 (2) |" in md
+    assert "| **SQAM** | 75.0 ± 0.0 | 75.0 |" in md and "![SQAM trust region](figures/sqam_trust_region.png)" in md
+    for name in ("trqam_trust_region.png", "sqam_trust_region.png"):
+        assert os.path.getsize(os.path.join(root, "figures", name)) > 1000, name
