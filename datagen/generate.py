@@ -1,9 +1,11 @@
-"""Seeded, parallel, crash-safe generation of an OGBench manipulation dataset (the driver).
+"""Seeded, parallel, crash-safe generation of an OGBench manipulation or antmaze navigate dataset (the driver).
 
     python -m datagen --env-id cube-double-play --episodes 1000 --seed 0 --workers 8 --out DIR
     python -m datagen --env-id cube-quadruple-play --episodes 100000 --shards 100 --workers 16 --out DIR
+    python -m datagen --env-id antmaze-giant-navigate --episodes 5000 --shards 10 --workers 16 --out DIR
 
-What one episode is and how a unit is seeded: ``datagen.recipe``. The whole design: docs/DATA.md.
+What one episode is and how a unit is seeded: ``datagen.recipe`` (manipulation) and ``datagen.locomaze`` (antmaze,
+with the walker of ``datagen.expert``). The whole design: docs/DATA.md.
 
 On disk it writes OGBench's format (the zip layout of ``np.savez_compressed``: ``observations``,
 ``actions`` float32, ``terminals`` bool, ``qpos``, ``qvel`` float32, ``button_states`` int64 for
