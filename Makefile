@@ -19,7 +19,7 @@ demo: $(VENV)/.installed   ## small generated dataset -> BC pretraining -> TRQAM
 	$(PY) examples/demo.py
 
 test: $(VENV)/.installed   ## the whole test suite (CPU; about 10 min on 2 cores)
-	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n $(JOBS) tests
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n $(JOBS) --durations=25 tests
 
 test-fast: $(VENV)/.installed   ## the suite without the subprocess runs marked slow (under 3 min on 2 cores)
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n $(JOBS) -m "not slow" tests
