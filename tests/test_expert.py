@@ -103,3 +103,21 @@ def test_user_errors_are_one_line(tmp_path):
     ex.check_run_dir(ex.resolve_args(ex.Args(run_dir=str(d), **dict(TINY, progress=True), steps=10**6)))  # --steps may grow
     with pytest.raises(UserError, match="--learning-rate 0.0001 -> 0.001"):
         ex.check_run_dir(ex.resolve_args(ex.Args(run_dir=str(d), learning_rate=1e-3, **TINY)))
+
+
+@pytest.mark.slow
+def test_a_short_run_improves_the_tracking_return(tmp_path):
+    """8000 steps of SAC on the real directional ant (small networks, a larger step size and alpha starting at 0.001,
+    so that learning shows early) walk further along the commanded directions than the initial policy, which stands.
+    Measured over seeds 0-3: +0.3 to +2.1 m over four fixed-seed 200-step episodes; the test takes seed 1 and asks
+    for +0.3 m. (The real 400K-step run: docs/DATA.md.)"""
+    args = ex.resolve_args(ex.Args(steps=8000, start_steps=500, seed=1, learning_rate=3e-3, init_alpha=1e-3, batch_size=64,
+                                   actor_hidden_dims=(32, 32), value_hidden_dims=(32, 32), episode_steps=200,
+                                   log_interval=1000, eval_interval=10**6, eval_episodes=4, checkpoint_interval=10**6,
+                                   run_dir=str(tmp_path / "r"), progress=False))
+    nets = ex.make_networks(args)
+    state, _ = ex.init_state(args, nets, jax.random.PRNGKey(args.seed))
+    before = ex.evaluate(args, ex.make_env(args), lambda o: ex.act(nets, state.params["actor"], jnp.asarray(o), None), 4, 0.0)
+    with np.load(ex.main(args)) as z:
+        after = json.loads(str(z["info"][()]))["eval_return"]
+    assert after > before + 0.3, (before, after)
