@@ -70,6 +70,35 @@ def test_oracle_direction_is_a_unit_vector_to_a_neighbouring_cell(maze):
     np.testing.assert_allclose(oracle_direction(maze, cache), d)  # the cached answer
 
 
+def test_the_oracle_alone_leads_a_point_mass_from_goal_to_goal(monkeypatch):
+    """The recipe without a learned walker: in pointmaze (whose action is a velocity), following the oracle's direction
+    reaches goal after goal in one episode, each new goal is a vertex cell (plus the env's position noise, at most a
+    quarter cell), and the switch happens where the old goal was reached."""
+    from datagen import locomaze
+
+    visits = []  # (goal xy, agent xy) at the first step of every goal
+
+    def spy(env, cache):
+        goal = np.array(env.unwrapped.cur_goal_xy)
+        if not visits or not np.array_equal(visits[-1][0], goal):
+            visits.append((goal, np.array(env.unwrapped.get_xy())))
+        return oracle_direction(env, cache)
+
+    monkeypatch.setattr(locomaze, "oracle_direction", spy)
+    monkeypatch.setattr(locomaze, "ExpertPolicy", lambda path, obs_dim, action_dim: (lambda x: x[-2:]))  # act = direction
+    collect_unit("pointmaze-large", 1, unit_seeds(0, "train", 0, 0), 1001, "unused")
+    assert len(visits) >= 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import gymnasium
+
+        u = gymnasium.make("pointmaze-large-v0").unwrapped
+    centres = np.array([u.ij_to_xy(ij) for ij in maze_cells(u.maze_map)[1]])
+    for (goal, _), (_, reached_at) in zip(visits[:-1], visits[1:], strict=True):
+        assert np.abs(centres - goal).max(1).min() <= 1.0 + 1e-9  # a vertex cell's centre +- maze_unit / 4
+        assert np.linalg.norm(reached_at - goal) <= u._goal_tol  # reached where the old goal was (measured after the step)
+
+
 def test_generated_navigate_data_is_seeded_and_loads_in_ogbench(expert_file, tmp_path):
     path = generate_dataset("antmaze-large-navigate", episodes=2, seed=3, out_dir=str(tmp_path / "a"), expert=expert_file,
                             progress=False, max_episode_steps=ROWS)
