@@ -363,14 +363,15 @@ def command_line(args: Args) -> str:
 
 def check_run_dir(args: Args) -> dict:
     """The run's arguments, written to ``args.json``; a run directory made with other ones (``--steps`` may grow) is an
-    error."""
-    saved = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(args).items() if k != "progress"}
+    error. A flag the directory's ``args.json`` does not list (added to the script later) counts as its default."""
+    jsonable = lambda d: {k: list(v) if isinstance(v, tuple) else v for k, v in d.items() if k != "progress"}  # noqa: E731
+    saved, defaults = jsonable(asdict(args)), jsonable(asdict(Args()))
     path = os.path.join(args.run_dir, "args.json")
     if os.path.exists(path):
         with open(path) as f:
             before = json.load(f)
-        diff = ", ".join(f"--{k.replace('_', '-')} {before.get(k)!r} -> {v!r}" for k, v in saved.items()
-                         if k != "steps" and before.get(k) != v)
+        diff = ", ".join(f"--{k.replace('_', '-')} {before.get(k, defaults[k])!r} -> {v!r}" for k, v in saved.items()
+                         if k not in ("steps", "run_dir") and before.get(k, defaults[k]) != v)
         if diff:
             raise UserError(f"{args.run_dir} was made with other arguments ({diff}); rerun with the same ones or use another --run-dir")
     os.makedirs(args.run_dir, exist_ok=True)
