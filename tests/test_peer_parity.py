@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -36,10 +37,15 @@ def test_update_equals_the_authors_update(algo, mod, fixture_file):
     nets = mod.make_networks(args, pi.D)
     state = pi.our_state(mod, args, nets, fixture["seed"])
     rng, key = np.random.default_rng(fixture["seed"]), pi.first_agent_key(fixture["seed"])
+
+    @jax.jit  # one compilation for the ten updates: the draws are arguments, handed to the loss while it traces
+    def update(state, batch, draws):
+        with pi.these_draws(draws):
+            return mod.update(args, nets, state, batch)
+
     for step, theirs in enumerate(fixture[algo], start=1):
         _, batch = pi.batch_pair(rng)
-        with pi.these_draws(pi.peer_noises(key, algo)):
-            state, m = mod.update(args, nets, state, batch)
+        state, m = update(state, batch, pi.peer_noises(key, algo))
         key = pi.next_agent_key(key)
         ours = pi.summary(state, m, algo)
         for k, v in theirs.items():
