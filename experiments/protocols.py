@@ -50,6 +50,8 @@ TABLE: list[tuple[str, str, str, Any, str]] = [
     ("*", "knob:fql", "puzzle-4x4", 1.0, QAM_SRC),
     # TRQAM's fine-tuning in QAM's protocol: no BC stage either; its budget is this project's default (its own is unpublished)
     ("qam", "knob:trqam", "*", 1.0, OURS + " (TRQAM's per-domain budgets, the paper's Table 4, are not public)"),
+    # SQAM's budget: its authors' config default in both protocols (the per-domain values, its paper's Table 5, are not public)
+    ("*", "knob:sqam", "*", 0.5, "SQAM repo agents/sqam.py default; " + UNKNOWN.split(";")[0] + " per domain"),
 
     ("trqam", "pretrain_steps", "*", 300_000, TRQAM_SRC + ": BC 300K steps, reused by every method"),
     ("trqam", "sparse", "*", False, UNKNOWN),
@@ -69,7 +71,7 @@ TABLE: list[tuple[str, str, str, Any, str]] = [
     ("trqam", "knob:trqam", "puzzle-4x4", 4.0, OURS),
 ]
 
-KNOBS = {"qam": "--inv-temp", "fql": "--alpha", "trqam": "--kl-budget"}  # the flag each knob:<algo> row sets
+KNOBS = {"qam": "--inv-temp", "fql": "--alpha", "trqam": "--kl-budget", "sqam": "--kl-budget"}  # the flag each knob:<algo> row sets
 PROTOCOLS = tuple(dict.fromkeys(p for p, *_ in TABLE if p != "*"))  # a "*" row belongs to every protocol
 
 

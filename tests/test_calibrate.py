@@ -32,6 +32,7 @@ def test_qam_protocol_is_the_released_one():
 def test_protocol_knobs_match_the_algorithm_presets():
     """The protocol's QAM temperatures and FQL alphas are the presets the scripts apply by themselves."""
     import qam
+    import sqam
     from baselines import fql
     from utils.args import preset
 
@@ -40,6 +41,7 @@ def test_protocol_knobs_match_the_algorithm_presets():
             v = values(p, d)
             assert v["knob:qam"] == preset(qam.INV_TEMP, d, 0.3), (p, d)
             assert v["knob:fql"] == preset(fql.ALPHA, d, 100.0), (p, d)
+            assert v["knob:sqam"] == sqam.Args.kl_budget, (p, d)
 
 
 def test_every_row_names_its_source_and_a_known_protocol():
