@@ -40,7 +40,7 @@ from experiments.protocols import PROTOCOLS, flags, settings
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASED = os.path.join(ROOT, "experiments", "released_curves.csv")
 RELEASED_LABEL = {"qam": "QAM", "fql": "FQL", "qam-e": "QAM-E", "qam-f": "QAM-F", "cgql": "CGQL", "cgql-m": "CGQL-M",
-                  "cgql-l": "CGQL-L", "dsrl": "DSRL", "ifql": "IFQL", "rebrac": "ReBRAC", "trqam": "QAM"}
+                  "cgql-l": "CGQL-L", "dsrl": "DSRL", "ifql": "IFQL", "rebrac": "ReBRAC", "trqam": "QAM", "sqam": "QAM"}
 TASK = re.compile(r"(?P<env>[a-z0-9-]+?)-task(?P<task>[1-5])$")
 
 
@@ -195,7 +195,7 @@ def write_report(out: str) -> str:
     rows = collect(out)
     lines = ["# Calibration against the released learning curves", "",
              "Success in % (mean ± std over seeds; each seed's in brackets). Released: QAM's released curves (12 seeds, "
-             "QAM's protocol; TRQAM rows are set against QAM's curve). Inside: ours within the released mean ± 2 std.", "",
+             "QAM's protocol; TRQAM and SQAM rows are set against QAM's curve). Inside: ours within the released mean ± 2 std.", "",
              "| task | protocol | algorithm | variant | step | ours | seeds | released | inside |",
              "|---|---|---|---|---:|---:|---|---:|:---:|"]
     for r in rows:
