@@ -51,7 +51,7 @@ TABLE: list[tuple[str, str, str, Any, str]] = [
     # TRQAM's fine-tuning in QAM's protocol: no BC stage either; its budget is this project's default (its own is unpublished)
     ("qam", "knob:trqam", "*", 1.0, OURS + " (TRQAM's per-domain budgets, the paper's Table 4, are not public)"),
     # SQAM's budget: its authors' config default in both protocols (the per-domain values, its paper's Table 5, are not public)
-    ("*", "knob:sqam", "*", 0.5, "SQAM repo agents/sqam.py default; " + UNKNOWN.split(";")[0] + " per domain"),
+    ("*", "knob:sqam", "*", 0.5, "SQAM repo agents/sqam.py default; unknown (not published) per domain"),
 
     ("trqam", "pretrain_steps", "*", 300_000, TRQAM_SRC + ": BC 300K steps, reused by every method"),
     ("trqam", "sparse", "*", False, UNKNOWN),
