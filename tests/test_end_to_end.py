@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 from flax import serialization
@@ -64,8 +63,7 @@ def seed_dirs(run_dir: str, num_seeds: int, seed: int = 0) -> list[str]:
 def test_killed_run_resumes_to_the_same_result(script, num_seeds, tiny_dataset, tmp_path):
     """Kill the script after an offline checkpoint, rerun the same command: every seed ends with the same
     params, targets, optimizer state, lambda and EMA (TRQAM), RNGs and logs as an uninterrupted run."""
-    single = [*TINY, "--dataset-path", tiny_dataset, *OFFLINE_COMMON]
-    common = [*single, "--num-seeds", str(num_seeds)]
+    common = [*TINY, "--dataset-path", tiny_dataset, *OFFLINE_COMMON, "--num-seeds", str(num_seeds)]
     ref, rd = str(tmp_path / "ref"), str(tmp_path / "killed")
     run(script, *common, "--run-dir", ref)
 
@@ -80,15 +78,7 @@ def test_killed_run_resumes_to_the_same_result(script, num_seeds, tiny_dataset, 
         steps = [int(r["step"]) for r in read_csv(os.path.join(b_dir, "train.csv"))]
         assert steps == sorted(set(steps)) and steps[-1] == 100  # no duplicated rows after the resume
         assert read_csv(os.path.join(b_dir, "eval.csv")) == read_csv(os.path.join(a_dir, "eval.csv"))
-    if num_seeds > 1:
-        # seed i of the vmapped run equals the single-seed run of that seed (within float tolerance)
-        one = str(tmp_path / "one")
-        run(script, *single, "--seed", "1", "--run-dir", one)
-        a, b = last_checkpoint(one)["tree"], last_checkpoint(seed_dirs(ref, num_seeds)[1])["tree"]
-        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
-        assert not np.allclose(jax.tree.leaves(a["state"]["params"])[0],
-                               jax.tree.leaves(last_checkpoint(seed_dirs(ref, num_seeds)[0])["tree"]["state"]["params"])[0])
+    # (seed i of a vmapped run equals the single-seed run of that seed: test_runner.py, in process)
 
 
 @pytest.mark.parametrize(

@@ -159,7 +159,7 @@ def pretrain_stage(run: Run, bc: Algorithm | None) -> Tree | None:
     a, P, ckpts = run.args, run.schedule.pretrain, run.checkpoints
     if bc is None:
         return None
-    states = jax.vmap(lambda k: bc.init(k, None))(run.keys.flow)
+    states = jax.jit(jax.vmap(lambda k: bc.init(k, None)))(run.keys.flow)  # one compile, not one per init op
     if a.pretrained_path:
         template = unstack(states.params, len(run.seeds))[0]
         return states._replace(params=stack([load_flow(run, a.pretrained_path.format(seed=s), template) for s in run.seeds]))
@@ -193,7 +193,7 @@ def offline_phase(run: Run, algorithm: Algorithm, bc: Algorithm | None, bc_state
     evaluated at offline step 0 (unless --no-initial-eval), then --offline-steps updates. A run resumed in the online phase gets the initial
     states, a template that the online phase restores."""
     ckpts, P = run.checkpoints, run.schedule.pretrain
-    state = jax.vmap(algorithm.init)(run.keys.init, None if bc_states is None else bc_states.params)
+    state = jax.jit(jax.vmap(algorithm.init))(run.keys.init, None if bc_states is None else bc_states.params)
     if ckpts.resumes("online"):
         return state
     sums = None
