@@ -109,7 +109,8 @@ def ours(a, data: str) -> dict:
         sh([sys.executable, "baselines/bc.py", *common, "--run-dir", bc_dir, "--pretrain-steps", str(a.bc_steps),
             "--offline-steps", "0", "--eval-interval", str(a.eval_interval)], os.path.join(base, "bc.log"), cwd=ROOT)
     # no BC stage (QAM's protocol, --bc-steps 0): the BC flow trains beside the policy from scratch
-    pre = ["--pretrained-path", os.path.join(seed_dir(bc_dir, "{seed}"), "pretrained.msgpack")] if a.bc_steps > 0 else ["--pretrain-steps", "0"]
+    flow = os.path.join(seed_dir(bc_dir, "{seed}"), "pretrained.msgpack")
+    pre = ["--pretrained-path", flow] if a.bc_steps > 0 else ["--pretrain-steps", "0"]
     knobs = {"trqam": ["--kl-budget", str(a.kl_budget)], "qam": ["--inv-temp", str(a.inv_temp)]}
     out = {}
     for algo in list(a.algos) + list(a.ours_extra):
@@ -289,7 +290,8 @@ def main() -> None:
     results = {side: (peer if side == "peer" else ours)(a, data) for side in a.sides}
     md = table(a, results)
     head = (f"{a.env_id} task {a.task_id}, {a.episodes} generated episodes (data seed {a.data_seed}), seeds {a.seeds}, "
-            f"{'sparse' if a.sparse else 'dense'} rewards, discount {a.discount}, BC {a.bc_steps} steps, {a.steps} fine-tuning steps, {'x'.join(map(str, a.hidden_dims))} MLPs, {a.num_qs} critics, "
+            f"{'sparse' if a.sparse else 'dense'} rewards, discount {a.discount}, BC {a.bc_steps} steps, {a.steps} fine-tuning steps, "
+            f"{'x'.join(map(str, a.hidden_dims))} MLPs, {a.num_qs} critics, "
             f"KL budget {a.kl_budget}, QAM beta {a.inv_temp}, {a.eval_episodes} evaluation episodes per seed")
     with open(os.path.join(a.out, "parity.md"), "w") as f:
         f.write(head + "\n\n" + md + "\n")

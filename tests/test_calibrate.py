@@ -45,7 +45,7 @@ def test_protocol_knobs_match_the_algorithm_presets():
 
 
 def test_every_row_names_its_source_and_a_known_protocol():
-    for protocol, key, domains, _, source in TABLE:
+    for protocol, _key, domains, _, source in TABLE:
         assert (protocol in PROTOCOLS or protocol == "*") and source and domains
 
 

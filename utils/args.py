@@ -29,7 +29,8 @@ class RunArgs:
     track: bool = False  # log to Weights & Biases (set WANDB_MODE=offline on a node without network)
     wandb_project_name: str = "trqam"
     wandb_entity: Optional[str] = None
-    run_dir: Optional[str] = None  # default runs/{env}-task{task}__{exp_name}__{seed}; with --num-seeds N > 1 the seeds go to RUN_DIR/seed{seed}
+    # default runs/{env}-task{task}__{exp_name}__{seed}; with --num-seeds N > 1 the seeds go to RUN_DIR/seed{seed}
+    run_dir: Optional[str] = None
     capture_video: bool = False  # render the first episode of each evaluation to videos/step_N.mp4 in the run directory
 
     # environment and data (docs/DATA.md); a blank line after each section comment, else tyro shows it as the next flag's help

@@ -36,8 +36,7 @@ from utils.errors import UserError
 from utils.evaluate import PolicyEvaluation
 from utils.online import online_phase
 from utils.runlog import Logs, MetricSums
-from utils.schedule import (Schedule, SeedKeys, changed_args, check_run_dirs, describe_changes, run_dirs, seeds_of, stack,
-                            unstack)
+from utils.schedule import Schedule, SeedKeys, changed_args, check_run_dirs, describe_changes, run_dirs, seeds_of, stack, unstack
 from utils.updates import run_updates
 
 Tree = Any
