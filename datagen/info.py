@@ -7,7 +7,9 @@ Prints transitions, episodes, observation/action dims, every key with its shape 
 when the env can be inferred from the file name (``<domain>-<type>[-<size>]-v0...``) or is given
 with ``--env-id``, the per-task success frequency of tasks 1..5 in the data: the fraction of rows
 whose state solves the task (OGBench's single-task relabelling, ``masks == 0``) and the fraction of
-episodes that pass through such a state. A shard directory is read one shard at a time.
+episodes that pass through such a state; for antmaze also how the ant moves (mean speed, the share
+of rows with its torso upside down, the share of episodes in which it flips). A shard directory is
+read one shard at a time.
 A missing, corrupt or truncated file gives one line ``error: <file>: ...`` and exit code 2.
 """
 
@@ -83,6 +85,16 @@ def _task_envs(domain: str, dataset_type: str) -> list[tuple[int, str, object]]:
     return out
 
 
+def motion(qpos: np.ndarray, term: np.ndarray, ep_id: np.ndarray) -> np.ndarray:
+    """An ant's motion in one file: [xy distance between consecutive rows of an episode, their count, rows with the
+    torso upside down, episodes with such a row]. qpos[3:7] is the torso's quaternion (w, x, y, z); its body z-axis
+    points down when 1 - 2 (x^2 + y^2) < 0. (A flipped ant stays flipped: the maze does not end the episode.)"""
+    within = ~term[:-1]  # row i -> i+1 stays inside an episode
+    step = np.linalg.norm(np.diff(qpos[:, :2].astype(np.float64), axis=0), axis=1)[within]
+    down = 1 - 2 * (qpos[:, 4].astype(np.float64) ** 2 + qpos[:, 5].astype(np.float64) ** 2) < 0
+    return np.array([step.sum(), step.size, down.sum(), np.unique(ep_id[down]).size], np.float64)
+
+
 def summarize(path: str, env_id: str | None = None, tasks: bool = True) -> dict:
     """Everything ``python -m datagen.info`` prints, as a dict (reads shards one at a time)."""
     train, val = dataset_files(path)
@@ -93,6 +105,7 @@ def summarize(path: str, env_id: str | None = None, tasks: bool = True) -> dict:
     dtypes: dict[str, str] = {}
     succ_rows = np.zeros(5, dtype=np.int64)
     succ_eps = np.zeros(5, dtype=np.int64)
+    walk = np.zeros(4)  # antmaze: xy distance, steps within episodes, upside-down rows, episodes that flipped
     for f in train:
         d = open_npz(f)
         if env and tasks and not task_envs:  # built after the first file proved readable
@@ -126,6 +139,8 @@ def summarize(path: str, env_id: str | None = None, tasks: bool = True) -> dict:
                 s = sub["masks"] == 0
                 succ_rows[i] += int(s.sum())
                 succ_eps[i] += int(np.unique(ep_id[s]).size)
+            if env[0].startswith("antmaze"):
+                walk += motion(d["qpos"], term, ep_id)
     out = {
         "path": path,
         "files": train,
@@ -142,6 +157,10 @@ def summarize(path: str, env_id: str | None = None, tasks: bool = True) -> dict:
             for i, (t, _, _) in enumerate(task_envs)
         },
     }
+    if walk[1]:
+        dt = task_envs[0][2].unwrapped.dt  # seconds per env step (antmaze: 0.1)
+        out["motion"] = {"speed": walk[0] / walk[1] / dt, "upside_down_rows": walk[2] / max(rows, 1),
+                         "flipped_episodes": walk[3] / max(episodes, 1)}
     if val is not None:
         v = open_npz(val)
         out["val"] = {"rows": int(v["terminals"].shape[0]), "episodes": int(v["terminals"].astype(bool).sum())}
@@ -186,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"    task{t}: {100 * r['row_success']:6.2f}% of rows, "
                 f"{100 * r['episode_success']:6.2f}% of episodes{mark}"
             )
+    if "motion" in s:
+        m = s["motion"]
+        print(f"  the ant in the data: mean speed {m['speed']:.2f} m/s, upside down in {100 * m['upside_down_rows']:.1f}% "
+              f"of rows, flipped in {100 * m['flipped_episodes']:.1f}% of episodes")
     return 0
 
 

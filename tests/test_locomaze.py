@@ -128,6 +128,30 @@ def test_generated_navigate_data_is_seeded_and_loads_in_ogbench(expert_file, tmp
     assert train["observations"].shape == (2 * (ROWS - 1), 29) and val["observations"].shape == (ROWS - 1, 29)
     assert set(np.unique(train["rewards"])) <= {-1.0, 0.0} and np.all(train["masks"] == -train["rewards"])
 
+    from datagen.info import summarize
+
+    m = summarize(path)["motion"]  # the walker moves the ant (the committed one: about 1.3 m/s with noise 0.2)
+    assert m["speed"] > 0 and 0 <= m["upside_down_rows"] <= 1 and 0 <= m["flipped_episodes"] <= 1
+
+
+def test_info_reports_how_the_ant_moves():
+    """datagen.info's motion numbers against a hand-made trajectory: 2 episodes of 3 rows, xy moving 0.3 m and 0.4 m
+    per row inside each; the jump between episodes is not a step; one row upside down (w, x, y, z) = (0, 1, 0, 0),
+    a rotation by 180 degrees about x, and one merely tilted by 60 degrees (not upside down)."""
+    from datagen.info import motion
+
+    q = np.zeros((6, 15), np.float32)
+    q[:, 3] = 1.0  # upright: identity quaternion
+    q[:3, 0] = [0.0, 0.3, 0.6]
+    q[3:, :2] = [[50, 50], [50, 50.4], [50, 50.8]]
+    q[4, 3:7] = [0, 1, 0, 0]
+    q[1, 3:7] = [np.cos(np.pi / 6), np.sin(np.pi / 6), 0, 0]
+    term = np.array([0, 0, 1, 0, 0, 1], bool)
+    ep_id = np.concatenate([[0], np.cumsum(term)[:-1]])
+    dist, steps, down, flipped = motion(q, term, ep_id)
+    assert steps == 4 and dist == pytest.approx(2 * 0.3 + 2 * 0.4, abs=1e-5)
+    assert down == 1 and flipped == 1
+
 
 def test_expert_errors_are_one_line(expert_file, tmp_path, capsys):
     with pytest.raises(UserError, match="no expert policy at"):
