@@ -116,7 +116,7 @@ def run_algo(a, task: str, env: str, task_id: int, domain: str, algo: str, chang
     cmd = [sys.executable, entry.script, *entry.flags, "--env-id", env, "--task-id", str(task_id), "--dataset-path", data,
            "--seed", str(a.seeds[0]), "--num-seeds", str(len(a.seeds)), "--run-dir", run_dir,
            "--offline-steps", str(a.steps), "--eval-interval", str(a.eval_interval), "--log-interval", str(a.log_interval),
-           "--checkpoint-interval", str(a.eval_interval), *flags(values, algo)]
+           "--checkpoint-interval", str(a.checkpoint_interval or a.eval_interval), *flags(values, algo)]
     if values.get("pretrain_steps", 0) == 0:  # no BC stage: the starting policy is untrained, its evaluation is wasted time
         cmd.append("--no-initial-eval")
     os.makedirs(run_dir, exist_ok=True)
@@ -227,12 +227,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-interval", type=int, default=10_000)
     p.add_argument("--eval-episodes", type=int, default=None, help="default: the protocol's (50)")
     p.add_argument("--log-interval", type=int, default=1000)
+    p.add_argument("--checkpoint-interval", type=int, default=None,
+                   help="default: the evaluation interval; shorter loses less of a slow run that is stopped")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="dataset generation processes")
     p.add_argument("--out", default="runs/calibration")
     p.add_argument("--report-only", action="store_true")
     a = p.parse_args(argv)
-    if min(a.steps, a.eval_interval, a.episodes, a.num_qs, *a.hidden_dims) < 1:
-        sys.exit("error: --steps, --eval-interval, --episodes, --num-qs and --hidden-dims must be positive")
+    if min(a.steps, a.eval_interval, a.episodes, a.num_qs, *a.hidden_dims, 1 if a.checkpoint_interval is None else a.checkpoint_interval) < 1:
+        sys.exit("error: --steps, --eval-interval, --checkpoint-interval, --episodes, --num-qs and --hidden-dims must be positive")
     changes = parse_set(a.set)
     if not a.report_only:
         for task in a.task:

@@ -101,3 +101,9 @@ def test_table_against_the_released_curve(tmp_path):
     assert at[("trqam", "h128x2", 50000)]["released_method"] == "QAM" and at[("trqam", "h128x2", 50000)]["seeds"] == [3]
     md = open(os.path.join(out, "calibration.md")).read()
     assert "| scene-play-task1 | qam | qam | h64x2 | 50000 | 0.0 ± 0.0 |" in md and "**no**" in md
+
+
+def test_bad_numbers_are_one_error_line():
+    for flag in ("--steps", "--eval-interval", "--checkpoint-interval", "--num-qs"):
+        with pytest.raises(SystemExit, match="must be positive"):
+            calibrate.main([flag, "0"])
