@@ -233,7 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="runs/calibration")
     p.add_argument("--report-only", action="store_true")
     a = p.parse_args(argv)
-    if min(a.steps, a.eval_interval, a.episodes, a.num_qs, *a.hidden_dims, 1 if a.checkpoint_interval is None else a.checkpoint_interval) < 1:
+    ckpt = 1 if a.checkpoint_interval is None else a.checkpoint_interval
+    if min(a.steps, a.eval_interval, a.episodes, a.num_qs, *a.hidden_dims, ckpt) < 1:
         sys.exit("error: --steps, --eval-interval, --checkpoint-interval, --episodes, --num-qs and --hidden-dims must be positive")
     changes = parse_set(a.set)
     if not a.report_only:
