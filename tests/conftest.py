@@ -56,3 +56,15 @@ def write_random_dataset(path: str, env_id: str = "cube-single-v0", episodes: in
 def tiny_dataset(tmp_path_factory) -> str:
     d = tmp_path_factory.mktemp("data")
     return write_random_dataset(str(d / "cube-single-play-v0.npz"))
+
+
+# The modules whose tests start scripts, sweeps or generators (minutes each on 2 cores) run first, longest first, so
+# that pytest-xdist's workers do not end on one long test while the other idles; a module's tests stay together (its
+# module-scoped fixtures, e.g. the Ray cluster, are made once per worker).
+FIRST = ("test_experiments", "test_baselines_end_to_end", "test_end_to_end", "test_online", "test_sqam", "test_expert",
+         "test_toy", "test_run_dirs", "test_evaluate", "test_generate")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], len(FIRST)))

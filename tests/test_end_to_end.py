@@ -40,8 +40,10 @@ def test_pipeline_pretrain_offline_eval(script, tiny_dataset, tmp_path):
         again = json.load(open(os.path.join(rd, "summary.json")))
         assert again["final_success"] == summary["final_success"] and again["lam"] == summary["lam"]
         assert len(read_csv(os.path.join(rd, "train.csv"))) == len(train) and len(read_csv(os.path.join(rd, "eval.csv"))) == len(ev)
+    if script == "qam.py":
+        return  # (trqam.py's pretrained flow is loaded by qam.py below; the file format is one, utils/runner.py)
     # the pretrained flow is loadable by the other algorithm (two-stage pipeline)
-    other = "qam.py" if script == "trqam.py" else "trqam.py"
+    other = "qam.py"
     rd2 = str(tmp_path / "run2")
     run(other, *TINY, "--dataset-path", tiny_dataset, "--run-dir", rd2, "--pretrained-path", os.path.join(rd, "pretrained.msgpack"),
         "--offline-steps", "20", "--log-interval", "20", "--eval-episodes", "0")
@@ -59,10 +61,12 @@ def seed_dirs(run_dir: str, num_seeds: int, seed: int = 0) -> list[str]:
     return [run_dir] if num_seeds == 1 else [os.path.join(run_dir, f"seed{seed + i}") for i in range(num_seeds)]
 
 
-@pytest.mark.parametrize("script, num_seeds", [("trqam.py", 1), ("qam.py", 2)])
+@pytest.mark.parametrize("script, num_seeds", [("qam.py", 2)])
 def test_killed_run_resumes_to_the_same_result(script, num_seeds, tiny_dataset, tmp_path):
     """Kill the script after an offline checkpoint, rerun the same command: every seed ends with the same
-    params, targets, optimizer state, lambda and EMA (TRQAM), RNGs and logs as an uninterrupted run."""
+    params, targets, optimizer state, RNGs and logs as an uninterrupted run. (TRQAM's lambda and EMA are leaves of its state
+    tree like any other: its SIGKILL-and-resume is test_online.py's; the runner's resume at every phase boundary is
+    test_runner.py's, in process.)"""
     common = [*TINY, "--dataset-path", tiny_dataset, *OFFLINE_COMMON, "--num-seeds", str(num_seeds)]
     ref, rd = str(tmp_path / "ref"), str(tmp_path / "killed")
     run(script, *common, "--run-dir", ref)
