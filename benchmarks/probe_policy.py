@@ -1,0 +1,132 @@
+"""What a fine-tuned QAM or TRQAM policy does against its BC base, scored by the run's own critic.
+
+    python -m benchmarks.probe_policy RUN_DIR [RUN_DIR ...] [--states 1024] [--samples 32]
+
+For each checkpoint of each run directory (a seed's directory of qam.py or trqam.py): on ``--states`` chunk-start
+states drawn from the run's dataset (seeded; chunks that cross an episode end are skipped), one chunk from the
+fine-tuned flow (``params["policy"]``) and one from its BC base (``params["base"]``) with the same noise, plus
+``--samples`` more from the base, all scored by the critic ensemble's mean. One row per checkpoint:
+
+- ``q_data``, ``q_base``, ``q_policy``: mean Q of the dataset's chunk, the base's and the policy's;
+- ``q_best``: mean over states of the best of the ``--samples`` base chunks (what best-of-N selection would take);
+- ``q_spread``: the mean over states of the std of Q over those base chunks (how much the critic separates them);
+- ``above``: the share of states where the policy's chunk scores above the base's;
+- ``dist_policy_base``, ``dist_base_data``: mean Euclidean distance between chunks (H x A numbers);
+- ``sat_policy``, ``sat_base``: the share of action entries with |a| > 0.99.
+
+A policy that follows its critic has q_policy > q_base on most states; whether that helps in the env depends on
+the critic, which this probe cannot judge (docs/RESULTS.md §1 uses it on scene task 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = {"qam": "qam", "trqam": "trqam"}
+
+
+def chunk_starts(terminals: np.ndarray, horizon: int, count: int, seed: int) -> np.ndarray:
+    """``count`` seeded row indices i whose chunk rows i .. i + horizon - 1 lie in one episode (no terminal before
+    the chunk's last row)."""
+    rng = np.random.default_rng(seed)
+    n = len(terminals)
+    ends = np.flatnonzero(terminals)
+    idx = rng.integers(0, n - horizon + 1, 4 * count)
+    # the first terminal at or after i must not come before i + horizon - 1
+    nxt = ends[np.minimum(np.searchsorted(ends, idx), len(ends) - 1)] if len(ends) else np.full_like(idx, n)
+    ok = (nxt >= idx + horizon - 1) | (nxt < idx)
+    return idx[ok][:count]
+
+
+def probe(module, args, params: dict, observations: np.ndarray, chunks: np.ndarray, samples: int, seed: int = 1) -> dict:
+    """The row described in the module docstring for one set of parameters {"critic", "base", "policy"}."""
+    import jax
+    import jax.numpy as jnp
+
+    nets = module.make_networks(args, chunks.shape[1])
+    obs, data = jnp.asarray(observations), jnp.asarray(chunks)
+    v = lambda p: lambda o, x, t: nets.actor.apply({"params": p}, o, x, t)
+    q = lambda a: nets.critic.apply({"params": params["critic"]}, obs, a).mean(0)
+    flow = lambda p, x0: jnp.clip(module.sample_flow(v(p), obs, x0, args.flow_steps), -1.0, 1.0)
+    k0, k1 = jax.random.split(jax.random.PRNGKey(seed))
+    x0 = jax.random.normal(k0, data.shape)
+    a_pol, a_base = flow(params["policy"], x0), flow(params["base"], x0)
+    many = jax.lax.map(lambda x: q(flow(params["base"], x)), jax.random.normal(k1, (samples, *data.shape)))
+    q_pol, q_base = q(a_pol), q(a_base)
+    row = {"q_data": q(data).mean(), "q_base": q_base.mean(), "q_policy": q_pol.mean(), "q_best": many.max(0).mean(),
+           "q_spread": many.std(0).mean(), "above": (q_pol > q_base).mean(),
+           "dist_policy_base": jnp.linalg.norm(a_pol - a_base, axis=1).mean(),
+           "dist_base_data": jnp.linalg.norm(a_base - data, axis=1).mean(),
+           "sat_policy": (jnp.abs(a_pol) > 0.99).mean(), "sat_base": (jnp.abs(a_base) > 0.99).mean()}
+    return {k: float(x) for k, x in row.items()}
+
+
+def probe_run(run_dir: str, states: int, samples: int, seed: int = 0, algo: str | None = None) -> list[dict]:
+    """Every checkpoint of one seed's run directory, oldest first: ``[{"step": N, **probe(...)}, ...]``. ``algo``
+    (qam or trqam): the script that made the run; by default its --exp-name."""
+    from utils import checkpoint
+    from utils.data import full_env_name, load_file, make_env
+    from utils.errors import UserError
+
+    try:
+        saved = json.load(open(os.path.join(run_dir, "args.json")))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{run_dir}: no readable args.json ({type(e).__name__}); give a seed's run directory") from None
+    algo = algo or saved.get("exp_name")
+    if algo not in SCRIPTS:
+        raise UserError(f"{run_dir}: a run named {algo!r}; the probe reads qam.py and trqam.py runs (--algo names the script)")
+    module = importlib.import_module(SCRIPTS[algo])
+    fields = module.Args.__dataclass_fields__
+    args = module.Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in fields})
+    env_name = full_env_name(args.env_id, args.task_id)
+    env = make_env(env_name)
+    data = load_file(env, env_name, args.dataset_path, sparse=args.sparse)
+    env.close()
+    idx = chunk_starts(data["terminals"], args.horizon, states, seed)
+    chunks = np.concatenate([data["actions"][idx + j] for j in range(args.horizon)], axis=1)
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    steps = checkpoint.steps(ckpt_dir) if os.path.isdir(ckpt_dir) else []
+    if not steps:
+        raise UserError(f"{run_dir}: no checkpoints to probe")
+    rows = []
+    for step in steps:
+        params = checkpoint.read(checkpoint.step_path(ckpt_dir, step))[0]["state"]["params"]
+        rows.append({"step": step, **probe(module, args, params, data["observations"][idx], chunks, samples)})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    from utils.errors import UserError
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--states", type=int, default=1024)
+    p.add_argument("--samples", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--algo", choices=sorted(SCRIPTS), default=None, help="the script of the runs (default: their --exp-name)")
+    a = p.parse_args(argv)
+    if min(a.states, a.samples) < 1:
+        sys.exit("error: --states and --samples must be positive")
+    cols = ["q_data", "q_base", "q_policy", "q_best", "q_spread", "above", "dist_policy_base", "dist_base_data",
+            "sat_policy", "sat_base"]
+    print("| run | step | " + " | ".join(cols) + " |\n|---|---:|" + "---:|" * len(cols))
+    for d in a.run_dirs:
+        try:
+            rows = probe_run(d, a.states, a.samples, a.seed, a.algo)
+        except UserError as e:
+            sys.exit(f"error: {e}")
+        for r in rows:
+            print(f"| {d} | {r['step']} | " + " | ".join(f"{r[c]:.3f}" if abs(r[c]) < 10 else f"{r[c]:.2f}" for c in cols) + " |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, ROOT)
+    main()

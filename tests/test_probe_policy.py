@@ -1,0 +1,48 @@
+"""benchmarks/probe_policy.py on a hand-made qam.py run directory (random flows and critic, the tiny dataset)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from helpers import flow_params
+
+import qam
+from benchmarks import probe_policy
+from utils import checkpoint
+
+
+def test_chunk_starts_stay_inside_episodes():
+    terminals = np.zeros(30, bool)
+    terminals[[9, 19, 29]] = True  # three episodes of 10 rows
+    idx = probe_policy.chunk_starts(terminals, 5, 200, 0)
+    assert len(idx) > 50 and all(not terminals[i:i + 4].any() for i in idx)  # a terminal only at the chunk's last row
+    assert {5, 15, 25} <= set(idx.tolist()) and not {6, 7, 8, 9} & set(idx.tolist())
+
+
+def test_probe_of_a_policy_that_is_its_base_and_of_one_that_is_not(tiny_dataset, tmp_path):
+    args = qam.resolve_args(qam.Args(env_id="cube-single-play", task_id=1, dataset_path=tiny_dataset, actor_hidden_dims=(32, 32),
+                                     value_hidden_dims=(32, 32), num_qs=2, flow_steps=4, exp_name="qam"))
+    run = tmp_path / "run"
+    os.makedirs(run / "checkpoints")
+    json.dump(dataclasses.asdict(args), open(run / "args.json", "w"))
+    obs_dim, chunk_dim = np.load(tiny_dataset)["observations"].shape[1], 5 * args.horizon
+    nets = qam.make_networks(args, chunk_dim)
+    state = qam.init_state(args, nets, obs_dim, jax.random.PRNGKey(0), flow_params(nets, 1, obs_dim, chunk_dim))
+    checkpoint.save(checkpoint.step_path(str(run / "checkpoints"), 10), {"state": state})  # policy == base
+    other = state._replace(params={**state.params, "policy": flow_params(nets, 2, obs_dim, chunk_dim)})
+    checkpoint.save(checkpoint.step_path(str(run / "checkpoints"), 20), {"state": other})
+
+    same, moved = probe_policy.probe_run(str(run), states=64, samples=8)
+    assert (same["step"], moved["step"]) == (10, 20)
+    assert same["q_policy"] == pytest.approx(same["q_base"]) and same["dist_policy_base"] == 0.0 and same["above"] == 0.0
+    assert moved["dist_policy_base"] > 0.1 and moved["q_base"] == pytest.approx(same["q_base"])
+    for r in (same, moved):
+        assert r["q_best"] >= r["q_base"] - r["q_spread"] and r["q_spread"] > 0 and 0 <= r["sat_base"] <= 1
+
+    with pytest.raises(SystemExit, match="no readable args.json"):
+        probe_policy.main([str(tmp_path)])
