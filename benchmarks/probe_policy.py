@@ -12,7 +12,11 @@ fine-tuned flow (``params["policy"]``) and one from its BC base (``params["base"
 - ``q_spread``: the mean over states of the std of Q over those base chunks (how much the critic separates them);
 - ``above``: the share of states where the policy's chunk scores above the base's;
 - ``dist_policy_base``, ``dist_base_data``: mean Euclidean distance between chunks (H x A numbers);
-- ``sat_policy``, ``sat_base``: the share of action entries with |a| > 0.99.
+- ``sat_policy``, ``sat_base``: the share of action entries with |a| > 0.99;
+- ``near``: the share of the states within ``NEAR`` steps of a rewarded row (r = 0 with sparse rewards, the task's
+  success) later in their episode; ``q_near``, ``g_near``: the critic's Q of the data's chunk there and the data's
+  own discounted return to that success, G = -(1 - gamma^d) / (1 - gamma) at d steps; ``q_far``: Q elsewhere (where the
+  data's return is about -1 / (1 - gamma)); ``corr_near``: the correlation of Q and G over the near states.
 
 A policy that follows its critic has q_policy > q_base on most states; whether that helps in the env depends on
 the critic, which this probe cannot judge (docs/RESULTS.md §1 uses it on scene task 1).
@@ -30,6 +34,19 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {"qam": "qam", "trqam": "trqam"}
+NEAR = 100  # steps
+
+
+def steps_to_success(rewards: np.ndarray, terminals: np.ndarray) -> np.ndarray:
+    """For each row, the number of steps to the next row of its episode with reward 0 (0 on such a row; inf if none)."""
+    out, nxt = np.full(len(rewards), np.inf), np.inf
+    for i in range(len(rewards) - 1, -1, -1):
+        if terminals[i]:
+            nxt = np.inf
+        if rewards[i] == 0:
+            nxt = 0.0
+        out[i], nxt = nxt, nxt + 1
+    return out
 
 
 def chunk_starts(terminals: np.ndarray, horizon: int, count: int, seed: int) -> np.ndarray:
@@ -45,8 +62,10 @@ def chunk_starts(terminals: np.ndarray, horizon: int, count: int, seed: int) -> 
     return idx[ok][:count]
 
 
-def probe(module, args, params: dict, observations: np.ndarray, chunks: np.ndarray, samples: int, seed: int = 1) -> dict:
-    """The row described in the module docstring for one set of parameters {"critic", "base", "policy"}."""
+def probe(module, args, params: dict, observations: np.ndarray, chunks: np.ndarray, samples: int, dist: np.ndarray,
+          seed: int = 1) -> dict:
+    """The row described in the module docstring for one set of parameters {"critic", "base", "policy"}; ``dist``: each
+    state's steps to its next success (``steps_to_success``)."""
     import jax
     import jax.numpy as jnp
 
@@ -65,6 +84,12 @@ def probe(module, args, params: dict, observations: np.ndarray, chunks: np.ndarr
            "dist_policy_base": jnp.linalg.norm(a_pol - a_base, axis=1).mean(),
            "dist_base_data": jnp.linalg.norm(a_base - data, axis=1).mean(),
            "sat_policy": (jnp.abs(a_pol) > 0.99).mean(), "sat_base": (jnp.abs(a_base) > 0.99).mean()}
+    q_data, near = np.asarray(q(data)), dist < NEAR
+    g = -(1 - args.discount ** np.where(near, dist, 0)) / (1 - args.discount)
+    nan = float("nan")
+    row.update(near=near.mean(), q_near=q_data[near].mean() if near.any() else nan, g_near=g[near].mean() if near.any() else nan,
+               q_far=q_data[~near].mean() if (~near).any() else nan,
+               corr_near=np.corrcoef(q_data[near], g[near])[0, 1] if near.sum() > 2 else nan)
     return {k: float(x) for k, x in row.items()}
 
 
@@ -90,6 +115,7 @@ def probe_run(run_dir: str, states: int, samples: int, seed: int = 0, algo: str 
     data = load_file(env, env_name, args.dataset_path, sparse=args.sparse)
     env.close()
     idx = chunk_starts(data["terminals"], args.horizon, states, seed)
+    dist = steps_to_success(data["rewards"], data["terminals"])[idx] if args.sparse else np.full(len(idx), np.inf)
     chunks = np.concatenate([data["actions"][idx + j] for j in range(args.horizon)], axis=1)
     ckpt_dir = os.path.join(run_dir, "checkpoints")
     steps = checkpoint.steps(ckpt_dir) if os.path.isdir(ckpt_dir) else []
@@ -98,7 +124,7 @@ def probe_run(run_dir: str, states: int, samples: int, seed: int = 0, algo: str 
     rows = []
     for step in steps:
         params = checkpoint.read(checkpoint.step_path(ckpt_dir, step))[0]["state"]["params"]
-        rows.append({"step": step, **probe(module, args, params, data["observations"][idx], chunks, samples)})
+        rows.append({"step": step, **probe(module, args, params, data["observations"][idx], chunks, samples, dist)})
     return rows
 
 
@@ -115,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     if min(a.states, a.samples) < 1:
         sys.exit("error: --states and --samples must be positive")
     cols = ["q_data", "q_base", "q_policy", "q_best", "q_spread", "above", "dist_policy_base", "dist_base_data",
-            "sat_policy", "sat_base"]
+            "sat_policy", "sat_base", "near", "q_near", "g_near", "q_far", "corr_near"]
     print("| run | step | " + " | ".join(cols) + " |\n|---|---:|" + "---:|" * len(cols))
     for d in a.run_dirs:
         try:

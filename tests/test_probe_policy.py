@@ -24,6 +24,13 @@ def test_chunk_starts_stay_inside_episodes():
     assert {5, 15, 25} <= set(idx.tolist()) and not {6, 7, 8, 9} & set(idx.tolist())
 
 
+def test_steps_to_success_by_hand():
+    rewards = np.array([-1, -1, 0, -1, -1, 0, 0, -1, -1, -1], np.float32)
+    terminals = np.array([0, 0, 0, 1, 0, 0, 0, 1, 0, 1], bool)  # episodes [0, 4), [4, 8), [8, 10)
+    np.testing.assert_array_equal(probe_policy.steps_to_success(rewards, terminals),
+                                  [2, 1, 0, np.inf, 1, 0, 0, np.inf, np.inf, np.inf])
+
+
 def test_probe_of_a_policy_that_is_its_base_and_of_one_that_is_not(tiny_dataset, tmp_path):
     args = qam.resolve_args(qam.Args(env_id="cube-single-play", task_id=1, dataset_path=tiny_dataset, actor_hidden_dims=(32, 32),
                                      value_hidden_dims=(32, 32), num_qs=2, flow_steps=4, exp_name="qam"))
@@ -43,6 +50,7 @@ def test_probe_of_a_policy_that_is_its_base_and_of_one_that_is_not(tiny_dataset,
     assert moved["dist_policy_base"] > 0.1 and moved["q_base"] == pytest.approx(same["q_base"])
     for r in (same, moved):
         assert r["q_best"] >= r["q_base"] - r["q_spread"] and r["q_spread"] > 0 and 0 <= r["sat_base"] <= 1
+        assert r["near"] == 0.0 and np.isnan(r["q_near"]) and r["q_far"] == pytest.approx(r["q_data"])  # dense: no G
 
     with pytest.raises(SystemExit, match="no readable args.json"):
         probe_policy.main([str(tmp_path)])
