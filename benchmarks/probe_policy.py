@@ -118,7 +118,7 @@ def probe_run(run_dir: str, states: int, samples: int, seed: int = 0, algo: str 
     dist = steps_to_success(data["rewards"], data["terminals"])[idx] if args.sparse else np.full(len(idx), np.inf)
     chunks = np.concatenate([data["actions"][idx + j] for j in range(args.horizon)], axis=1)
     ckpt_dir = os.path.join(run_dir, "checkpoints")
-    steps = checkpoint.steps(ckpt_dir) if os.path.isdir(ckpt_dir) else []
+    steps = sorted(checkpoint.steps(ckpt_dir)) if os.path.isdir(ckpt_dir) else []
     if not steps:
         raise UserError(f"{run_dir}: no checkpoints to probe")
     rows = []
