@@ -33,7 +33,7 @@ import sys
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = {"qam": "qam", "trqam": "trqam"}
+SCRIPTS = ("qam", "trqam")  # the scripts (modules at the repository root) whose runs the probe reads
 NEAR = 100  # steps
 
 
@@ -78,13 +78,13 @@ def probe(module, args, params: dict, observations: np.ndarray, chunks: np.ndarr
     x0 = jax.random.normal(k0, data.shape)
     a_pol, a_base = flow(params["policy"], x0), flow(params["base"], x0)
     many = jax.lax.map(lambda x: q(flow(params["base"], x)), jax.random.normal(k1, (samples, *data.shape)))
-    q_pol, q_base = q(a_pol), q(a_base)
-    row = {"q_data": q(data).mean(), "q_base": q_base.mean(), "q_policy": q_pol.mean(), "q_best": many.max(0).mean(),
+    q_pol, q_base, q_data = q(a_pol), q(a_base), q(data)
+    row = {"q_data": q_data.mean(), "q_base": q_base.mean(), "q_policy": q_pol.mean(), "q_best": many.max(0).mean(),
            "q_spread": many.std(0).mean(), "above": (q_pol > q_base).mean(),
            "dist_policy_base": jnp.linalg.norm(a_pol - a_base, axis=1).mean(),
            "dist_base_data": jnp.linalg.norm(a_base - data, axis=1).mean(),
            "sat_policy": (jnp.abs(a_pol) > 0.99).mean(), "sat_base": (jnp.abs(a_base) > 0.99).mean()}
-    q_data, near = np.asarray(q(data)), dist < NEAR
+    q_data, near = np.asarray(q_data), dist < NEAR
     g = -(1 - args.discount ** np.where(near, dist, 0)) / (1 - args.discount)
     nan = float("nan")
     row.update(near=near.mean(), q_near=q_data[near].mean() if near.any() else nan, g_near=g[near].mean() if near.any() else nan,
@@ -107,7 +107,7 @@ def probe_run(run_dir: str, states: int, samples: int, seed: int = 0, algo: str 
     algo = algo or saved.get("exp_name")
     if algo not in SCRIPTS:
         raise UserError(f"{run_dir}: a run named {algo!r}; the probe reads qam.py and trqam.py runs (--algo names the script)")
-    module = importlib.import_module(SCRIPTS[algo])
+    module = importlib.import_module(algo)
     fields = module.Args.__dataclass_fields__
     args = module.Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in fields})
     env_name = full_env_name(args.env_id, args.task_id)
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--states", type=int, default=1024)
     p.add_argument("--samples", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--algo", choices=sorted(SCRIPTS), default=None, help="the script of the runs (default: their --exp-name)")
+    p.add_argument("--algo", choices=SCRIPTS, default=None, help="the script of the runs (default: their --exp-name)")
     a = p.parse_args(argv)
     if min(a.states, a.samples) < 1:
         sys.exit("error: --states and --samples must be positive")
