@@ -17,9 +17,10 @@ def final_state(run_dir):
     return last_checkpoint(run_dir)["tree"]["state"]
 
 
-@pytest.mark.parametrize("script", ["trqam.py", "qam.py"])
-def test_pipeline_pretrain_offline_eval(script, tiny_dataset, tmp_path):
-    rd = str(tmp_path / "run")
+def test_pipeline_pretrain_offline_eval(tiny_dataset, tmp_path):
+    """trqam.py: BC stage -> offline -> evaluation, a rerun of the finished run, and its flow loaded by qam.py. (qam.py's
+    own pipeline is checked on the reference run of test_killed_run_resumes_to_the_same_result.)"""
+    script, rd = "trqam.py", str(tmp_path / "run")
     run(script, *TINY, "--dataset-path", tiny_dataset, "--run-dir", rd, "--pretrain-steps", "20", "--offline-steps", "40",
         "--log-interval", "20", "--eval-interval", "40", "--checkpoint-interval", "40", "--eval-episodes", "2")
     for f in ("args.json", "train.csv", "eval.csv", "summary.json", "pretrained.msgpack"):
@@ -32,16 +33,13 @@ def test_pipeline_pretrain_offline_eval(script, tiny_dataset, tmp_path):
     summary = json.load(open(os.path.join(rd, "summary.json")))
     assert summary["steps"] == 60 and summary["final_success"] == float(ev[-1]["success"])  # the last evaluation's
     assert summary["final_success"] * 2 in (0.0, 1.0, 2.0)  # a fraction of the 2 episodes evaluated
-    if script == "trqam.py":
-        assert "lam" in train[-1] and summary["kl_budget"] == 1.0
-        # rerunning a finished run resumes at its end: nothing to train, same summary, no new rows
-        run(script, *TINY, "--dataset-path", tiny_dataset, "--run-dir", rd, "--pretrain-steps", "20", "--offline-steps", "40",
-            "--log-interval", "20", "--eval-interval", "40", "--checkpoint-interval", "40", "--eval-episodes", "2")
-        again = json.load(open(os.path.join(rd, "summary.json")))
-        assert again["final_success"] == summary["final_success"] and again["lam"] == summary["lam"]
-        assert len(read_csv(os.path.join(rd, "train.csv"))) == len(train) and len(read_csv(os.path.join(rd, "eval.csv"))) == len(ev)
-    if script == "qam.py":
-        return  # (trqam.py's pretrained flow is loaded by qam.py below; the file format is one, utils/runner.py)
+    assert "lam" in train[-1] and summary["kl_budget"] == 1.0
+    # rerunning a finished run resumes at its end: nothing to train, same summary, no new rows
+    run(script, *TINY, "--dataset-path", tiny_dataset, "--run-dir", rd, "--pretrain-steps", "20", "--offline-steps", "40",
+        "--log-interval", "20", "--eval-interval", "40", "--checkpoint-interval", "40", "--eval-episodes", "2")
+    again = json.load(open(os.path.join(rd, "summary.json")))
+    assert again["final_success"] == summary["final_success"] and again["lam"] == summary["lam"]
+    assert len(read_csv(os.path.join(rd, "train.csv"))) == len(train) and len(read_csv(os.path.join(rd, "eval.csv"))) == len(ev)
     # the pretrained flow is loadable by the other algorithm (two-stage pipeline)
     other = "qam.py"
     rd2 = str(tmp_path / "run2")
@@ -70,6 +68,16 @@ def test_killed_run_resumes_to_the_same_result(script, num_seeds, tiny_dataset, 
     common = [*TINY, "--dataset-path", tiny_dataset, *OFFLINE_COMMON, "--num-seeds", str(num_seeds)]
     ref, rd = str(tmp_path / "ref"), str(tmp_path / "killed")
     run(script, *common, "--run-dir", ref)
+    for d in seed_dirs(ref, num_seeds):  # the uninterrupted run is qam.py's pipeline check: BC stage -> offline -> eval
+        for f in ("args.json", "train.csv", "eval.csv", "summary.json", "pretrained.msgpack"):
+            assert os.path.exists(os.path.join(d, f)), (d, f)
+        train, ev = read_csv(os.path.join(d, "train.csv")), read_csv(os.path.join(d, "eval.csv"))
+        assert [(r["phase"], int(r["step"])) for r in train] == [("pretrain", 20), *(("offline", s) for s in (40, 60, 80, 100))]
+        assert [(r["phase"], int(r["step"])) for r in ev] == [("offline", 20), ("offline", 60), ("offline", 100)]
+        assert all(np.isfinite(float(train[-1][k])) for k in ("critic_loss", "bc_loss", "am_loss", "kl"))
+        summary = json.load(open(os.path.join(d, "summary.json")))
+        assert summary["steps"] == 100 and summary["final_success"] == float(ev[-1]["success"])
+        assert summary["final_success"] * 2 in (0.0, 1.0, 2.0) and "lam" not in train[-1]
 
     target = os.path.join(seed_dirs(rd, num_seeds)[-1], "checkpoints", "step_0000000060.msgpack")  # an offline checkpoint
     kill_when_written(script, [*common, "--run-dir", rd], target)
