@@ -70,7 +70,7 @@ def data_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def sweep_a(ray_cluster, data_dir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("sweeps") / "A")
-    argv = ["--algos", "trqam", "qam", "--env-ids", "cube-single-play", "--task-ids", "1", "--seeds", "1", "--out", out,
+    argv = ["--algos", "trqam", "--env-ids", "cube-single-play", "--task-ids", "1", "--seeds", "1", "--out", out,
             "--data-dir", data_dir, "--pretrain-steps", "20", "--no-report", "--", *TINY, *EVAL]
     code, err = run_sweep(*argv)
     assert code == 0, err
@@ -80,12 +80,12 @@ def sweep_a(ray_cluster, data_dir, tmp_path_factory):
 @pytest.mark.slow
 def test_tiny_sweep_runs_the_dag_and_a_rerun_trains_nothing(sweep_a):
     out, argv, err = sweep_a
-    assert "3 runs: 3 to run (0 datagen, 1 bc, 2 finetune)" in err and "ETA" in err
+    assert "2 runs: 2 to run (0 datagen, 1 bc, 1 finetune)" in err and "ETA" in err
     for s in (1,):  # one seed, not 0: the sweep passes the seed it was given
         bc = os.path.join(out, "bc", "cube-single-play-task1", f"seed{s}")
         assert os.path.exists(os.path.join(bc, "pretrained.msgpack")) and os.path.exists(os.path.join(bc, "summary.json"))
         bc_end = events(bc)[-1]
-        for algo in ("trqam", "qam"):
+        for algo in ("trqam",):
             rd = os.path.join(out, algo, "cube-single-play-task1", f"seed{s}")
             for f in ("summary.json", "sweep_cmd.json", "stdout.log", "stderr.log", "eval.csv"):
                 assert os.path.exists(os.path.join(rd, f)), (rd, f)
@@ -103,7 +103,7 @@ def test_tiny_sweep_runs_the_dag_and_a_rerun_trains_nothing(sweep_a):
 
     before = snapshot()
     code, err2 = run_sweep(*argv)
-    assert code == 0 and "3 runs, all already finished (skipped): nothing to run" in err2
+    assert code == 0 and "2 runs, all already finished (skipped): nothing to run" in err2
     assert snapshot() == before  # no checkpoint, train.csv or log touched
 
 
@@ -137,7 +137,7 @@ def test_killed_run_is_retried_and_resumes_from_its_checkpoint(sweep_a):
     killed_at = os.stat(target).st_mtime_ns
     th.join(300)
     assert result["code"] == 0, result["err"]
-    assert "1 to run (0 datagen, 0 bc, 1 finetune), 2 already finished" in result["err"]
+    assert "1 to run (0 datagen, 0 bc, 1 finetune), 1 already finished" in result["err"]
     assert "restarted trqam/cube-single-play-task1/seed1 (attempt 2 of 3)" in result["err"]
     new = events(rd)[n_events:]
     assert [(e["event"], e.get("returncode")) for e in new] == [("start", None), ("end", -9), ("start", None), ("end", 0)], \
@@ -245,7 +245,7 @@ def test_report_of_the_tiny_sweep(sweep_a, tmp_path):
     assert "| method | IQM | 95% CI | mean | 95% CI | runs per task |" in md and "P(TRQAM > method)" in md
     assert "| **BC** |" in md and "| cube-single-play task1 | " in md
     rows = read_csv(os.path.join(out, "results.csv"))
-    assert sorted((r["algo"], r["seed"]) for r in rows) == sorted((a, s) for a in ("bc", "qam", "trqam") for s in "1")
+    assert sorted((r["algo"], r["seed"]) for r in rows) == sorted((a, s) for a in ("bc", "trqam") for s in "1")
     assert all(r["finished"] == "1" for r in rows)
     for name in ("aggregate.png", "success_curves.png", "trqam_trust_region.png"):
         with open(os.path.join(out, "figures", name), "rb") as f:
