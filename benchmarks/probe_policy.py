@@ -1,6 +1,6 @@
 """What a fine-tuned QAM or TRQAM policy does against its BC base, scored by the run's own critic.
 
-    python -m benchmarks.probe_policy RUN_DIR [RUN_DIR ...] [--states 1024] [--samples 32]
+    python -m benchmarks.probe_policy RUN_DIR [RUN_DIR ...] [--states 1024] [--samples 32] [--rollouts E]
 
 For each checkpoint of each run directory (a seed's directory of qam.py or trqam.py): on ``--states`` chunk-start
 states drawn from the run's dataset (seeded; chunks that cross an episode end are skipped), one chunk from the
@@ -18,8 +18,13 @@ fine-tuned flow (``params["policy"]``) and one from its BC base (``params["base"
   own discounted return to that success, G = -(1 - gamma^d) / (1 - gamma) at d steps; ``q_far``: Q elsewhere (where the
   data's return is about -1 / (1 - gamma)); ``corr_near``: the correlation of Q and G over the near states.
 
-A policy that follows its critic has q_policy > q_base on most states; whether that helps in the env depends on
-the critic, which this probe cannot judge (docs/RESULTS.md §1 uses it on scene task 1).
+A policy that follows its critic has q_policy > q_base on most states; whether that helps in the env is what
+``--rollouts E`` measures: at the newest checkpoint, E evaluation episodes (reset seeds 10**6 + e, the same for every
+policy) of four policies, success in %: ``policy`` (the fine-tuned flow, one sample: what the run's own evaluation
+does), ``base`` (its BC base, one sample), ``best_base`` (the best of ``--samples`` base chunks by the run's critic:
+IFQL's way of acting, with this run's critic) and ``best_policy`` (the same over fine-tuned chunks). best_base far above
+policy says the critic knows good chunks that the fine-tuning does not reach; both near base says the critic does not
+know them (docs/RESULTS.md §1 uses it on scene task 1).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ("qam", "trqam")  # the scripts (modules at the repository root) whose runs the probe reads
 NEAR = 100  # steps
+ROLLOUTS = ("policy", "base", "best_base", "best_policy")
 
 
 def steps_to_success(rewards: np.ndarray, terminals: np.ndarray) -> np.ndarray:
@@ -93,9 +99,51 @@ def probe(module, args, params: dict, observations: np.ndarray, chunks: np.ndarr
     return {k: float(x) for k, x in row.items()}
 
 
-def probe_run(run_dir: str, states: int, samples: int, seed: int = 0, algo: str | None = None) -> list[dict]:
-    """Every checkpoint of one seed's run directory, oldest first: ``[{"step": N, **probe(...)}, ...]``. ``algo``
-    (qam or trqam): the script that made the run; by default its --exp-name."""
+def rollout_policies(module, args, params: dict, chunk_dim: int, samples: int):
+    """``{name: act(obs (E, obs_dim), key) -> (E, chunk_dim)}`` for the four policies of ``--rollouts`` (docstring)."""
+    import jax
+    import jax.numpy as jnp
+
+    nets = module.make_networks(args, chunk_dim)
+    v = lambda p: lambda o, x, t: nets.actor.apply({"params": p}, o, x, t)
+    flow = lambda p, obs, x0: jnp.clip(module.sample_flow(v(p), obs, x0, args.flow_steps), -1.0, 1.0)
+
+    def one(p):
+        return lambda obs, key: flow(p, obs, jax.random.normal(key, (obs.shape[0], chunk_dim)))
+
+    def best(p):
+        def act(obs, key):
+            chunks = jax.vmap(lambda x0: flow(p, obs, x0))(jax.random.normal(key, (samples, obs.shape[0], chunk_dim)))
+            q = jax.vmap(lambda a: nets.critic.apply({"params": params["critic"]}, obs, a).mean(0))(chunks)  # (K, E)
+            return jnp.take_along_axis(chunks, q.argmax(0)[None, :, None], axis=0)[0]
+        return act
+
+    return {"policy": one(params["policy"]), "base": one(params["base"]), "best_base": best(params["base"]),
+            "best_policy": best(params["policy"])}
+
+
+def rollouts(module, args, params: dict, env_name: str, chunk_dim: int, episodes: int, samples: int, seed: int = 0) -> dict:
+    """Success in % of each ``rollout_policies`` policy over ``episodes`` episodes (reset seeds 10**6 + e, in-process)."""
+    import jax
+    import jax.numpy as jnp
+
+    from utils.evaluate import Evaluator
+
+    out = {}
+    with Evaluator(env_name, 1, episodes, workers=0) as ev:
+        for name, act in rollout_policies(module, args, params, chunk_dim, samples).items():
+            fn = jax.jit(act)
+            key = jax.random.PRNGKey(seed)
+            policy = lambda obs, c: np.asarray(fn(jnp.asarray(obs[0]), jax.random.fold_in(key, c))).reshape(
+                1, episodes, args.horizon, chunk_dim // args.horizon)
+            out[name] = 100.0 * ev.run(policy, [[10**6 + e for e in range(episodes)]])[0]["success"]
+    return out
+
+
+def probe_run(run_dir: str, states: int, samples: int, seed: int = 0, algo: str | None = None, episodes: int = 0) -> list[dict]:
+    """Every checkpoint of one seed's run directory, oldest first: ``[{"step": N, **probe(...)}, ...]``; with
+    ``episodes``, the newest checkpoint's row also has the ``rollouts`` success of each policy. ``algo`` (qam or
+    trqam): the script that made the run; by default its --exp-name."""
     from utils import checkpoint
     from utils.data import full_env_name, load_file, make_env
     from utils.errors import UserError
@@ -125,6 +173,8 @@ def probe_run(run_dir: str, states: int, samples: int, seed: int = 0, algo: str 
     for step in steps:
         params = checkpoint.read(checkpoint.step_path(ckpt_dir, step))[0]["state"]["params"]
         rows.append({"step": step, **probe(module, args, params, data["observations"][idx], chunks, samples, dist)})
+    if episodes:
+        rows[-1].update(rollouts(module, args, params, env_name, chunks.shape[1], episodes, samples, seed))
     return rows
 
 
@@ -137,20 +187,29 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--samples", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--algo", choices=SCRIPTS, default=None, help="the script of the runs (default: their --exp-name)")
+    p.add_argument("--rollouts", type=int, default=0, metavar="E",
+                   help="E evaluation episodes of policy, base, best_base, best_policy at the newest checkpoint (0: none)")
     a = p.parse_args(argv)
-    if min(a.states, a.samples) < 1:
-        sys.exit("error: --states and --samples must be positive")
+    if min(a.states, a.samples) < 1 or a.rollouts < 0:
+        sys.exit("error: --states and --samples must be positive, --rollouts non-negative")
     cols = ["q_data", "q_base", "q_policy", "q_best", "q_spread", "above", "dist_policy_base", "dist_base_data",
             "sat_policy", "sat_base", "near", "q_near", "g_near", "q_far", "corr_near"]
     print("| run | step | " + " | ".join(cols) + " |\n|---|---:|" + "---:|" * len(cols))
+    done = []
     for d in a.run_dirs:
         try:
-            rows = probe_run(d, a.states, a.samples, a.seed, a.algo)
+            rows = probe_run(d, a.states, a.samples, a.seed, a.algo, a.rollouts)
         except UserError as e:
             sys.exit(f"error: {e}")
         for r in rows:
             print(f"| {d} | {r['step']} | " + " | ".join(f"{r[c]:.3f}" if abs(r[c]) < 10 else f"{r[c]:.2f}" for c in cols) + " |",
                   flush=True)
+        done.append((d, rows[-1]))
+    if a.rollouts:
+        print(f"\nsuccess in % over {a.rollouts} episodes at the newest checkpoint (best_*: best of {a.samples} by the critic)\n")
+        print("| run | step | " + " | ".join(ROLLOUTS) + " |\n|---|---:|" + "---:|" * len(ROLLOUTS))
+        for d, r in done:
+            print(f"| {d} | {r['step']} | " + " | ".join(f"{r[c]:.0f}" for c in ROLLOUTS) + " |")
 
 
 if __name__ == "__main__":

@@ -54,3 +54,29 @@ def test_probe_of_a_policy_that_is_its_base_and_of_one_that_is_not(tiny_dataset,
 
     with pytest.raises(SystemExit, match="no readable args.json"):
         probe_policy.main([str(tmp_path)])
+
+
+def test_rollout_policies_pick_the_critics_best_chunk(tiny_dataset):
+    args = qam.resolve_args(qam.Args(env_id="cube-single-play", task_id=1, dataset_path=tiny_dataset, actor_hidden_dims=(32, 32),
+                                     value_hidden_dims=(32, 32), num_qs=2, flow_steps=4, exp_name="qam"))
+    obs_dim, chunk_dim = np.load(tiny_dataset)["observations"].shape[1], 5 * args.horizon
+    nets = qam.make_networks(args, chunk_dim)
+    state = qam.init_state(args, nets, obs_dim, jax.random.PRNGKey(0), flow_params(nets, 1, obs_dim, chunk_dim))
+    obs, key = jax.random.normal(jax.random.PRNGKey(3), (6, obs_dim)), jax.random.PRNGKey(4)
+    same = probe_policy.rollout_policies(qam, args, state.params, chunk_dim, samples=8)
+    np.testing.assert_array_equal(same["policy"](obs, key), same["base"](obs, key))  # policy == base: the same chunks
+    np.testing.assert_array_equal(same["best_policy"](obs, key), same["best_base"](obs, key))
+    moved = probe_policy.rollout_policies(qam, args, {**state.params, "policy": flow_params(nets, 2, obs_dim, chunk_dim)}, chunk_dim, 8)
+    assert np.abs(np.asarray(moved["policy"](obs, key) - moved["base"](obs, key))).max() > 0.05
+    # best_base: the base chunk (of the same 8 draws) with the highest mean Q, per state, and inside [-1, 1]
+    q = lambda a: np.asarray(nets.critic.apply({"params": state.params["critic"]}, obs, a).mean(0))
+    x0 = jax.random.normal(key, (8, 6, chunk_dim))
+    v = lambda o, x, t: nets.actor.apply({"params": state.params["base"]}, o, x, t)
+    cands = [np.clip(np.asarray(qam.sample_flow(v, obs, x, args.flow_steps)), -1, 1) for x in x0]
+    best = np.asarray(same["best_base"](obs, key))
+    want = np.stack(cands)[np.argmax(np.stack([q(c) for c in cands]), 0), np.arange(6)]
+    np.testing.assert_allclose(best, want, atol=1e-5)
+    assert np.abs(best).max() <= 1.0 and q(best).min() >= np.min([q(c) for c in cands], 0).min()
+    assert (q(best) >= np.max([q(c) for c in cands], 0) - 1e-5).all()
+    with pytest.raises(SystemExit, match="--rollouts non-negative"):
+        probe_policy.main([".", "--rollouts", "-1"])
