@@ -68,6 +68,14 @@ def chunk_starts(terminals: np.ndarray, horizon: int, count: int, seed: int) -> 
     return idx[ok][:count]
 
 
+def clipped_flow(module, args, nets, flow_params, obs, x0):
+    """The chunks a flow's ``sample_flow`` makes from noise ``x0``, clipped to [-1, 1] as the env executes them."""
+    import jax.numpy as jnp
+
+    v = lambda o, x, t: nets.actor.apply({"params": flow_params}, o, x, t)
+    return jnp.clip(module.sample_flow(v, obs, x0, args.flow_steps), -1.0, 1.0)
+
+
 def probe(module, args, params: dict, observations: np.ndarray, chunks: np.ndarray, samples: int, dist: np.ndarray,
           seed: int = 1) -> dict:
     """The row described in the module docstring for one set of parameters {"critic", "base", "policy"}; ``dist``: each
@@ -77,9 +85,8 @@ def probe(module, args, params: dict, observations: np.ndarray, chunks: np.ndarr
 
     nets = module.make_networks(args, chunks.shape[1])
     obs, data = jnp.asarray(observations), jnp.asarray(chunks)
-    v = lambda p: lambda o, x, t: nets.actor.apply({"params": p}, o, x, t)
     q = lambda a: nets.critic.apply({"params": params["critic"]}, obs, a).mean(0)
-    flow = lambda p, x0: jnp.clip(module.sample_flow(v(p), obs, x0, args.flow_steps), -1.0, 1.0)
+    flow = lambda p, x0: clipped_flow(module, args, nets, p, obs, x0)
     k0, k1 = jax.random.split(jax.random.PRNGKey(seed))
     x0 = jax.random.normal(k0, data.shape)
     a_pol, a_base = flow(params["policy"], x0), flow(params["base"], x0)
@@ -105,8 +112,7 @@ def rollout_policies(module, args, params: dict, chunk_dim: int, samples: int):
     import jax.numpy as jnp
 
     nets = module.make_networks(args, chunk_dim)
-    v = lambda p: lambda o, x, t: nets.actor.apply({"params": p}, o, x, t)
-    flow = lambda p, obs, x0: jnp.clip(module.sample_flow(v(p), obs, x0, args.flow_steps), -1.0, 1.0)
+    flow = lambda p, obs, x0: clipped_flow(module, args, nets, p, obs, x0)
 
     def one(p):
         return lambda obs, key: flow(p, obs, jax.random.normal(key, (obs.shape[0], chunk_dim)))
