@@ -135,11 +135,10 @@ def rollouts(module, args, params: dict, env_name: str, chunk_dim: int, episodes
 
     from utils.evaluate import Evaluator
 
-    out = {}
+    out, key = {}, jax.random.PRNGKey(seed)  # one key: every policy sees the same noise at chunk c
     with Evaluator(env_name, 1, episodes, workers=0) as ev:
         for name, act in rollout_policies(module, args, params, chunk_dim, samples).items():
             fn = jax.jit(act)
-            key = jax.random.PRNGKey(seed)
             policy = lambda obs, c: np.asarray(fn(jnp.asarray(obs[0]), jax.random.fold_in(key, c))).reshape(
                 1, episodes, args.horizon, chunk_dim // args.horizon)
             out[name] = 100.0 * ev.run(policy, [[10**6 + e for e in range(episodes)]])[0]["success"]
