@@ -14,8 +14,10 @@ from flax import serialization
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "MUJOCO_GL": "disable", "JAX_PLATFORMS": "cpu"}
+EVAL_STEPS = "25"  # evaluation episodes of 25 steps, not cube-single's 200: what the tests check of an evaluation is its
+#                    schedule and bookkeeping, and the runs are too short to succeed (test_evaluate.py checks evaluation itself)
 TINY = ["--env-id", "cube-single-play", "--actor-hidden-dims", "32", "32", "--value-hidden-dims", "32", "32",
-        "--num-qs", "2", "--batch-size", "16", "--flow-steps", "4", "--eval-workers", "0"]
+        "--num-qs", "2", "--batch-size", "16", "--flow-steps", "4", "--eval-workers", "0", "--eval-max-episode-steps", EVAL_STEPS]
 
 
 def run(script: str, *args: str, check: bool = True, env_extra: dict | None = None, **kw) -> subprocess.CompletedProcess:

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 from flax import serialization
-from helpers import TINY, assert_trees_equal, kill_when_written, last_checkpoint, read_csv, run
+from helpers import EVAL_STEPS, TINY, last_checkpoint, read_csv, run
 
 pytestmark = pytest.mark.slow  # every test here starts an algorithm script in a subprocess
 
@@ -19,7 +19,7 @@ def final_state(run_dir):
 
 def test_pipeline_pretrain_offline_eval(tiny_dataset, tmp_path):
     """trqam.py: BC stage -> offline -> evaluation, a rerun of the finished run, and its flow loaded by qam.py. (qam.py's
-    own pipeline is checked on the reference run of test_killed_run_resumes_to_the_same_result.)"""
+    own pipeline, with a BC stage, two seeds and an online phase, is checked in test_online.py.)"""
     script, rd = "trqam.py", str(tmp_path / "run")
     run(script, *TINY, "--dataset-path", tiny_dataset, "--run-dir", rd, "--pretrain-steps", "20", "--offline-steps", "40",
         "--log-interval", "20", "--eval-interval", "40", "--checkpoint-interval", "40", "--eval-episodes", "2")
@@ -33,6 +33,7 @@ def test_pipeline_pretrain_offline_eval(tiny_dataset, tmp_path):
     summary = json.load(open(os.path.join(rd, "summary.json")))
     assert summary["steps"] == 60 and summary["final_success"] == float(ev[-1]["success"])  # the last evaluation's
     assert summary["final_success"] * 2 in (0.0, 1.0, 2.0)  # a fraction of the 2 episodes evaluated
+    assert all(0 < float(r["length"]) <= int(EVAL_STEPS) for r in ev)  # --eval-max-episode-steps is the episodes' time limit
     assert "lam" in train[-1] and summary["kl_budget"] == 1.0
     # rerunning a finished run resumes at its end: nothing to train, same summary, no new rows
     run(script, *TINY, "--dataset-path", tiny_dataset, "--run-dir", rd, "--pretrain-steps", "20", "--offline-steps", "40",
@@ -49,48 +50,6 @@ def test_pipeline_pretrain_offline_eval(tiny_dataset, tmp_path):
     b = final_state(rd2)
     assert json.load(open(os.path.join(rd2, "summary.json")))["pretrain_steps"] == 0
     assert b["params"]["policy"].keys() == a.keys()
-
-
-OFFLINE_COMMON = ["--pretrain-steps", "20", "--offline-steps", "80", "--log-interval", "20", "--eval-interval", "40",
-                  "--checkpoint-interval", "20", "--eval-episodes", "2"]
-
-
-def seed_dirs(run_dir: str, num_seeds: int, seed: int = 0) -> list[str]:
-    return [run_dir] if num_seeds == 1 else [os.path.join(run_dir, f"seed{seed + i}") for i in range(num_seeds)]
-
-
-@pytest.mark.parametrize("script, num_seeds", [("qam.py", 2)])
-def test_killed_run_resumes_to_the_same_result(script, num_seeds, tiny_dataset, tmp_path):
-    """Kill the script after an offline checkpoint, rerun the same command: every seed ends with the same
-    params, targets, optimizer state, RNGs and logs as an uninterrupted run. (TRQAM's lambda and EMA are leaves of its state
-    tree like any other: its SIGKILL-and-resume is test_online.py's; the runner's resume at every phase boundary is
-    test_runner.py's, in process.)"""
-    common = [*TINY, "--dataset-path", tiny_dataset, *OFFLINE_COMMON, "--num-seeds", str(num_seeds)]
-    ref, rd = str(tmp_path / "ref"), str(tmp_path / "killed")
-    run(script, *common, "--run-dir", ref)
-    for d in seed_dirs(ref, num_seeds):  # the uninterrupted run is qam.py's pipeline check: BC stage -> offline -> eval
-        for f in ("args.json", "train.csv", "eval.csv", "summary.json", "pretrained.msgpack"):
-            assert os.path.exists(os.path.join(d, f)), (d, f)
-        train, ev = read_csv(os.path.join(d, "train.csv")), read_csv(os.path.join(d, "eval.csv"))
-        assert [(r["phase"], int(r["step"])) for r in train] == [("pretrain", 20), *(("offline", s) for s in (40, 60, 80, 100))]
-        assert [(r["phase"], int(r["step"])) for r in ev] == [("offline", 20), ("offline", 60), ("offline", 100)]
-        assert all(np.isfinite(float(train[-1][k])) for k in ("critic_loss", "bc_loss", "am_loss", "kl"))
-        summary = json.load(open(os.path.join(d, "summary.json")))
-        assert summary["steps"] == 100 and summary["final_success"] == float(ev[-1]["success"])
-        assert summary["final_success"] * 2 in (0.0, 1.0, 2.0) and "lam" not in train[-1]
-
-    target = os.path.join(seed_dirs(rd, num_seeds)[-1], "checkpoints", "step_0000000060.msgpack")  # an offline checkpoint
-    kill_when_written(script, [*common, "--run-dir", rd], target)
-    assert not any(os.path.exists(os.path.join(d, "summary.json")) for d in seed_dirs(rd, num_seeds)), "finished before the kill"
-    assert os.path.exists(target)
-
-    run(script, *common, "--run-dir", rd)
-    for a_dir, b_dir in zip(seed_dirs(ref, num_seeds), seed_dirs(rd, num_seeds), strict=True):
-        assert_trees_equal(last_checkpoint(a_dir)["tree"], last_checkpoint(b_dir)["tree"])
-        steps = [int(r["step"]) for r in read_csv(os.path.join(b_dir, "train.csv"))]
-        assert steps == sorted(set(steps)) and steps[-1] == 100  # no duplicated rows after the resume
-        assert read_csv(os.path.join(b_dir, "eval.csv")) == read_csv(os.path.join(a_dir, "eval.csv"))
-    # (seed i of a vmapped run equals the single-seed run of that seed: test_runner.py, in process)
 
 
 @pytest.mark.parametrize(

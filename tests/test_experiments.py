@@ -26,7 +26,7 @@ TINY = ["--actor-hidden-dims", "32", "32", "--value-hidden-dims", "32", "32", "-
         "--checkpoint-interval", "20", "--keep-checkpoints", "0"]
 
 
-EVAL = ["--eval-workers", "0"]
+EVAL = ["--eval-workers", "0", "--eval-max-episode-steps", "25"]
 
 
 def run_sweep(*argv: str, datagen: str | None = None) -> tuple[int, str]:

@@ -164,26 +164,8 @@ def test_kl_budget_switches_at_the_phase_boundary(ref_run):
     assert json.load(open(os.path.join(ref_run, "summary.json")))["kl_budget"] == 5.0
 
 
-@pytest.mark.parametrize("script, num_seeds", [("trqam.py", 1), ("qam.py", 2)])
-def test_killed_online_run_resumes_to_the_same_result(script, num_seeds, ref_run, tiny_dataset, tmp_path):
-    """Kill the script after an online checkpoint taken mid-episode with a pending action queue; the rerun ends
-    identical to the uninterrupted run, for every seed: params, optimizer, lambda, EMA, RNGs, buffer rows,
-    env state, action queue and logs."""
-    shared = (script, num_seeds) == ("trqam.py", 1)  # the module's reference run; the other ends at env step 100
-    cmd = [*online_cmd(tiny_dataset, script, ONLINE if shared else 100), "--num-seeds", str(num_seeds)]
-    ref = ref_run if shared else str(tmp_path / "ref")
-    if ref != ref_run:
-        run(script, *cmd, "--run-dir", ref)
-    rd = str(tmp_path / "killed")
-    dirs = [(rd, ref)] if num_seeds == 1 else [(os.path.join(rd, f"seed{i}"), os.path.join(ref, f"seed{i}")) for i in range(num_seeds)]
-    target = os.path.join(dirs[-1][0], "checkpoints", f"step_{OFFLINE + 50:010d}.msgpack")  # env step 50: episode 2, step 4
-    kill_when_written(script, [*cmd, "--run-dir", rd], target)
-    assert not os.path.exists(os.path.join(dirs[0][0], "summary.json")), "the run finished before it was killed"
-    with open(target, "rb") as f:
-        meta = serialization.msgpack_restore(f.read())["meta"]
-    assert meta["episode_length"] == 50 - 2 * LIMIT and meta["queue_len"] > 0  # a mid-chunk, mid-episode resume
-
-    run(script, *cmd, "--run-dir", rd)
+def killed_and_reference_agree(dirs: list[tuple[str, str]]) -> None:
+    """Each (resumed, uninterrupted) seed directory pair ends identical: checkpoint tree and meta, logs, env restored."""
     for mine, theirs in dirs:
         a, b = last_checkpoint(theirs), last_checkpoint(mine)
         assert_trees_equal(a["tree"], b["tree"])  # state (params, targets, opt, lambda, EMA, RNG), rows, acc, queue, env
@@ -191,6 +173,62 @@ def test_killed_online_run_resumes_to_the_same_result(script, num_seeds, ref_run
         for f in ("train.csv", "online_episodes.csv", "eval.csv"):
             assert read_csv(os.path.join(theirs, f)) == read_csv(os.path.join(mine, f)), f
         assert json.load(open(os.path.join(mine, "summary.json")))["env_restored_exactly"]
+
+
+def assert_mid_episode(target: str) -> None:
+    with open(target, "rb") as f:
+        meta = serialization.msgpack_restore(f.read())["meta"]
+    assert meta["phase"] == "online" and meta["episode_length"] == 50 - 2 * LIMIT and meta["queue_len"] > 0  # mid-chunk, mid-episode
+
+
+def test_killed_online_run_resumes_to_the_same_result(ref_run, tiny_dataset, tmp_path):
+    """trqam.py: kill it after an online checkpoint taken mid-episode with a pending action queue; the rerun ends
+    identical to the uninterrupted run (the module's reference): params, optimizer, lambda, EMA, RNGs, buffer rows,
+    env state, action queue and logs."""
+    cmd, rd = online_cmd(tiny_dataset), str(tmp_path / "killed")
+    target = os.path.join(rd, "checkpoints", f"step_{OFFLINE + 50:010d}.msgpack")  # env step 50: episode 3, step 4
+    kill_when_written("trqam.py", [*cmd, "--run-dir", rd], target)
+    assert not os.path.exists(os.path.join(rd, "summary.json")), "the run finished before it was killed"
+    assert_mid_episode(target)
+    run("trqam.py", *cmd, "--run-dir", rd)
+    killed_and_reference_agree([(rd, ref_run)])
+
+
+def test_qam_pipeline_killed_offline_then_online_resumes_to_the_same_result(tiny_dataset, tmp_path):
+    """qam.py with 2 seeds, BC stage -> offline -> online -> evaluation (the uninterrupted run is qam.py's pipeline
+    check), then the same command killed after an offline checkpoint, rerun, killed again after an online checkpoint
+    taken mid-episode, and rerun to the end: every seed ends identical to the uninterrupted run. (The runner's resume at
+    every phase boundary is test_runner.py's, in process; seed i of a vmapped run equals that seed's single-seed run,
+    also there.)"""
+    pre, off = 20, 60
+    cmd = [*online_cmd(tiny_dataset, "qam.py", 100), "--pretrain-steps", str(pre), "--offline-steps", str(off), "--num-seeds", "2"]
+    ref, rd = str(tmp_path / "ref"), str(tmp_path / "killed")
+    run("qam.py", *cmd, "--run-dir", ref)
+    dirs = [(os.path.join(rd, f"seed{i}"), os.path.join(ref, f"seed{i}")) for i in range(2)]
+    for _, d in dirs:
+        for f in ("args.json", "train.csv", "eval.csv", "summary.json", "pretrained.msgpack", "online_episodes.csv"):
+            assert os.path.exists(os.path.join(d, f)), (d, f)
+        train, ev = read_csv(os.path.join(d, "train.csv")), read_csv(os.path.join(d, "eval.csv"))
+        assert [(r["phase"], int(r["step"])) for r in train] == \
+            [("pretrain", 20), *(("offline", s) for s in (40, 60, 80)), *(("online", s) for s in range(100, 181, 20))]
+        assert [(r["phase"], int(r["step"])) for r in ev] == [("offline", 20), ("offline", 80), ("online", 180)]
+        assert all(np.isfinite(float(train[k][c])) for k in (3, -1) for c in ("critic_loss", "bc_loss", "am_loss", "kl"))
+        summary = json.load(open(os.path.join(d, "summary.json")))
+        assert summary["steps"] == pre + off + 100 and summary["final_success"] == float(ev[-1]["success"])
+        assert summary["final_success"] in (0.0, 1.0) and "lam" not in train[-1]
+
+    offline_ckpt = os.path.join(dirs[-1][0], "checkpoints", f"step_{pre + 50:010d}.msgpack")  # offline step 50
+    kill_when_written("qam.py", [*cmd, "--run-dir", rd], offline_ckpt)
+    assert os.path.exists(offline_ckpt) and not os.path.exists(os.path.join(dirs[0][0], "summary.json"))
+    online_ckpt = os.path.join(dirs[-1][0], "checkpoints", f"step_{pre + off + 50:010d}.msgpack")  # env step 50
+    kill_when_written("qam.py", [*cmd, "--run-dir", rd], online_ckpt)
+    assert not os.path.exists(os.path.join(dirs[0][0], "summary.json")), "the run finished before it was killed"
+    assert_mid_episode(online_ckpt)
+    run("qam.py", *cmd, "--run-dir", rd)
+    killed_and_reference_agree(dirs)
+    for mine, _ in dirs:
+        steps = [int(r["step"]) for r in read_csv(os.path.join(mine, "train.csv"))]
+        assert steps == sorted(set(steps)) and steps[-1] == pre + off + 100  # no duplicated rows after two resumes
 
 
 def test_qam_online_phase(tiny_dataset, tmp_path):

@@ -107,6 +107,8 @@ KNOBS = [
     (trqam, {"tau": 0.0}, "--tau"), (trqam, {"discount": 1.5}, "--discount"), (trqam, {"learning_rate": 0.0}, "--learning-rate"),
     (trqam, {"seed": -1}, "--seed"), (trqam, {"generate_missing": -1}, "--generate-missing"),
     (trqam, {"exp_name": "a/b"}, "--exp-name"), (trqam, {"num_qs": 1}, "--num-qs"),
+    (trqam, {"online_max_episode_steps": 0}, "--online-max-episode-steps"),
+    (qam, {"eval_max_episode_steps": 0}, "--eval-max-episode-steps"),
 ]
 
 

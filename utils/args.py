@@ -72,6 +72,7 @@ class RunArgs:
 
     eval_interval: int = 50_000  # steps between evaluations (offline: updates; online: environment steps)
     eval_episodes: int = 50  # episodes per evaluation and seed (0: no evaluation)
+    eval_max_episode_steps: Optional[int] = None  # time limit of evaluation episodes (default: the env's own; shorter: a smoke check)
     initial_eval: bool = True  # evaluate the starting policy at offline step 0 (the BC flow; with no BC stage, an untrained policy)
     eval_workers: Optional[int] = None  # processes stepping the evaluation envs (0: in this process; default: by the cores available)
     log_interval: int = 5_000  # updates per train.csv row (online: environment steps)
@@ -135,6 +136,7 @@ def check(args: RunArgs, method_checks: Iterable[tuple[bool, str]] = ()) -> None
         (not a.balanced_sampling or a.start_training >= a.horizon,
          f"--balanced-sampling needs --start-training >= the chunk length {a.horizon} (online rows to sample from)"),
         (a.online_max_episode_steps is None or a.online_max_episode_steps >= 1, "--online-max-episode-steps must be positive"),
+        (a.eval_max_episode_steps is None or a.eval_max_episode_steps >= 1, "--eval-max-episode-steps must be positive"),
         (bool(a.exp_name) and "/" not in a.exp_name, f"--exp-name must be a non-empty name without '/', got {a.exp_name!r}"),
         (a.run_dir is None or not os.path.isfile(a.run_dir), f"--run-dir {a.run_dir} is a file, not a directory"),
         (a.pretrained_path is None or placeholder_error(a.pretrained_path) is None, f"--pretrained-path {a.pretrained_path!r}: "

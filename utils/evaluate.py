@@ -225,8 +225,9 @@ class PolicyEvaluation:
     first episode of each seed is filmed to RUN_DIR/videos/step_N.mp4. The envs are made at the first evaluation."""
 
     def __init__(self, env_name: str, seeds: list[int], episodes: int, workers: int | None, horizon: int, act_dim: int,
-                 video_dirs: list[str] | None):
+                 video_dirs: list[str] | None, max_episode_steps: int | None = None):
         self.env_name, self.seeds, self.episodes, self.workers = env_name, seeds, episodes, workers
+        self.max_episode_steps = max_episode_steps  # None: the env's own time limit
         self.horizon, self.act_dim, self.video_dirs = horizon, act_dim, video_dirs
         if video_dirs and not all(importlib.util.find_spec(m) for m in ("imageio", "imageio_ffmpeg")):
             raise UserError("--capture-video needs imageio and imageio-ffmpeg: pip install -e '.[experiments]'")
@@ -237,7 +238,7 @@ class PolicyEvaluation:
         n, e = len(self.seeds), self.episodes
         if self.evaluator is None:
             workers = self.workers if self.workers is not None else default_workers(min(MAX_ENVS, n * e))
-            self.evaluator = Evaluator(self.env_name, n, e, workers)
+            self.evaluator = Evaluator(self.env_name, n, e, workers, self.max_episode_steps)
         if act not in self._policies:
             def policy(tree, obs, seeds, chunk):
                 def one_seed(t, o, s):

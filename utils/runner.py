@@ -108,7 +108,7 @@ class Run:
             record_changes(d, diff, ckpts)
         logs = Logs(dirs, args, seeds, ckpts.step if ckpts.phase else None, schedule.total)
         evaluation = PolicyEvaluation(data.env_name, seeds, args.eval_episodes, args.eval_workers, args.horizon, data.act_dim,
-                                      dirs if args.capture_video else None)
+                                      dirs if args.capture_video else None, args.eval_max_episode_steps)
         return cls(args, data, name, seeds, dirs, schedule, SeedKeys.of(seeds), ckpts, logs, evaluation, step=ckpts.newest or 0)
 
     def save(self, step: int, phase: str, state: Tree, keys: jax.Array, sums: MetricSums | None = None,
