@@ -7,6 +7,7 @@ terminated endings are checked on the buffer-writing functions directly).
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 
@@ -16,26 +17,27 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import serialization
-from helpers import TINY, assert_trees_equal, kill_when_written, last_checkpoint, read_csv, run
+from helpers import EVAL_STEPS, TINY, assert_trees_equal, kill_when_written, last_checkpoint, read_csv, run
 
 from utils import online
 from utils.data import KEYS, chunk_at
 
 pytestmark = pytest.mark.slow  # every test here starts an algorithm script in a subprocess
 
-ONLINE, LIMIT, OFFLINE = 200, 23, 20
+ONLINE, LIMIT, OFFLINE, PRE = 200, 23, 20, 20
 
 
-def online_cmd(dataset: str, script: str = "trqam.py", online: int = ONLINE) -> list[str]:
+def online_cmd(dataset: str, script: str = "trqam.py", online: int = ONLINE, pretrain: int = PRE, offline: int = OFFLINE) -> list[str]:
     budget = ["--kl-budget", "0.05", "--kl-budget-online", "5.0"] if script == "trqam.py" else []
-    return [*TINY, "--dataset-path", dataset, "--pretrain-steps", "0", "--offline-steps", str(OFFLINE), "--log-interval", "20",
+    return [*TINY, "--dataset-path", dataset, "--pretrain-steps", str(pretrain), "--offline-steps", str(offline), "--log-interval", "20",
             "--eval-interval", "100", "--checkpoint-interval", "50", "--eval-episodes", "1", "--online-steps", str(online),
             "--start-training", "10", "--utd-ratio", "2", "--balanced-sampling", "--online-max-episode-steps", str(LIMIT), *budget]
 
 
 @pytest.fixture(scope="module")
 def ref_run(tiny_dataset, tmp_path_factory) -> str:
-    """An uninterrupted offline -> online TRQAM run (UTD 2, balanced sampling, budget 0.05 -> 5.0)."""
+    """An uninterrupted BC stage -> offline -> online TRQAM run (UTD 2, balanced sampling, budget 0.05 -> 5.0): trqam.py's
+    pipeline."""
     rd = str(tmp_path_factory.mktemp("online") / "ref")
     run("trqam.py", *online_cmd(tiny_dataset), "--run-dir", rd)
     return rd
@@ -121,7 +123,7 @@ def test_online_run_buffer_logs_and_schedule(ref_run, tiny_dataset):
     ck = last_checkpoint(ref_run)
     meta, rows = ck["meta"], ck["tree"]["rows"]
     n_off = 3 * 60  # the tiny dataset: 3 trajectories of 61 rows -> 60 transitions each
-    assert meta["phase"] == "online" and meta["env_step"] == ONLINE and meta["step"] == OFFLINE + ONLINE
+    assert meta["phase"] == "online" and meta["env_step"] == ONLINE and meta["step"] == PRE + OFFLINE + ONLINE
     assert all(np.asarray(rows[k]).shape[0] == ONLINE for k in KEYS)
     term, masks = np.asarray(rows["terminals"]), np.asarray(rows["masks"])
     ends = np.arange(ONLINE) % LIMIT == LIMIT - 1
@@ -137,18 +139,59 @@ def test_online_run_buffer_logs_and_schedule(ref_run, tiny_dataset):
 
     train = [r for r in read_csv(os.path.join(ref_run, "train.csv")) if r["phase"] == "online"]
     assert [int(r["phase_step"]) for r in train] == list(range(20, ONLINE + 1, 20))  # every --log-interval env steps
-    assert [int(r["step"]) for r in train] == [OFFLINE + int(r["phase_step"]) for r in train]
+    assert [int(r["step"]) for r in train] == [PRE + OFFLINE + int(r["phase_step"]) for r in train]
     assert int(train[-1]["buffer_size"]) == n_off + ONLINE
     assert [int(r["updates"]) for r in train] == [2 * 11] + [2 * 20] * (ONLINE // 20 - 1)  # UTD 2 from env step 10 on
     eps = read_csv(os.path.join(ref_run, "online_episodes.csv"))
     assert len(eps) == ONLINE // LIMIT and all(int(e["length"]) == LIMIT and float(e["return"]) == -LIMIT for e in eps)
     assert [int(e["phase_step"]) for e in eps] == [LIMIT * (i + 1) for i in range(len(eps))]
     ev = read_csv(os.path.join(ref_run, "eval.csv"))
-    assert [(r["phase"], int(r["step"]), int(r["phase_step"])) for r in ev] == \
-        [("offline", 0, 0), ("offline", OFFLINE, OFFLINE), ("online", OFFLINE + 100, 100), ("online", OFFLINE + ONLINE, ONLINE)]
+    end = PRE + OFFLINE
+    assert [(r["phase"], int(r["step"]), int(r["phase_step"])) for r in ev] == [
+        ("offline", PRE, 0), ("offline", end, OFFLINE), ("online", end + 100, 100), ("online", end + ONLINE, ONLINE)]
+    assert all(0 < float(r["length"]) <= int(EVAL_STEPS) for r in ev)  # --eval-max-episode-steps is the episodes' time limit
     summary = json.load(open(os.path.join(ref_run, "summary.json")))
-    assert summary["steps"] == OFFLINE + ONLINE and summary["online_episodes"] == ONLINE // LIMIT
+    assert summary["steps"] == PRE + OFFLINE + ONLINE and summary["online_episodes"] == ONLINE // LIMIT
+    assert summary["final_success"] == float(ev[-1]["success"]) and summary["final_success"] in (0.0, 1.0)  # of its 1 episode
     assert summary["env_restored_exactly"]
+
+
+def test_pipeline_files_rows_and_a_rerun_of_the_finished_run(ref_run, tiny_dataset):
+    """trqam.py's pipeline: BC stage -> offline -> online, its files and train rows; rerunning the finished command
+    resumes at its end: nothing trained, the same summary, no new rows or files."""
+    for f in ("args.json", "train.csv", "eval.csv", "summary.json", "pretrained.msgpack", "online_episodes.csv"):
+        assert os.path.exists(os.path.join(ref_run, f)), f
+    train = read_csv(os.path.join(ref_run, "train.csv"))
+    assert [(r["phase"], int(r["step"])) for r in train[:2]] == [("pretrain", PRE), ("offline", PRE + OFFLINE)]
+    assert all(np.isfinite(float(r[k])) for r in train[1:] for k in ("critic_loss", "bc_loss", "am_loss", "kl", "lam"))
+    timing = ("session_wall_time_s", "online_env_steps_per_s")  # the summary's timings are the last session's
+
+    def files():
+        paths = [os.path.join(ref_run, f) for f in os.listdir(ref_run)] + glob.glob(os.path.join(ref_run, "checkpoints", "*"))
+        out = {p: open(p, "rb").read() for p in sorted(paths) if os.path.isfile(p) and not p.endswith("summary.json")}
+        summary = json.load(open(os.path.join(ref_run, "summary.json")))
+        return out, {k: v for k, v in summary.items() if k not in timing}
+
+    before = files()
+    run("trqam.py", *online_cmd(tiny_dataset), "--run-dir", ref_run)
+    assert files() == before
+
+
+def test_qam_online_phase_from_trqams_flow(ref_run, tiny_dataset, tmp_path):
+    """The two-stage pipeline across algorithms: qam.py loads trqam.py's BC flow (--pretrained-path) and goes straight to
+    the online phase (no offline steps, uniform sampling, UTD 1)."""
+    rd = str(tmp_path / "qam")
+    run("qam.py", *TINY, "--dataset-path", tiny_dataset, "--run-dir", rd, "--pretrained-path", os.path.join(ref_run, "pretrained.msgpack"),
+        "--offline-steps", "0", "--online-steps", "30", "--start-training", "10", "--log-interval", "30", "--eval-episodes", "0",
+        "--online-max-episode-steps", str(LIMIT))
+    ck = last_checkpoint(rd)
+    assert ck["meta"]["env_step"] == 30 and np.asarray(ck["tree"]["rows"]["rewards"]).shape == (30,)
+    flow = serialization.msgpack_restore(open(os.path.join(ref_run, "pretrained.msgpack"), "rb").read())["tree"]["params"]
+    assert ck["tree"]["state"]["params"]["policy"].keys() == flow.keys()
+    assert json.load(open(os.path.join(rd, "summary.json")))["pretrain_steps"] == 0
+    train = read_csv(os.path.join(rd, "train.csv"))
+    assert [(r["phase"], int(r["step"]), int(r["updates"])) for r in train] == [("online", 30, 21)]
+    assert np.isfinite(float(train[-1]["am_loss"]))
 
 
 def test_kl_budget_switches_at_the_phase_boundary(ref_run):
@@ -186,7 +229,7 @@ def test_killed_online_run_resumes_to_the_same_result(ref_run, tiny_dataset, tmp
     identical to the uninterrupted run (the module's reference): params, optimizer, lambda, EMA, RNGs, buffer rows,
     env state, action queue and logs."""
     cmd, rd = online_cmd(tiny_dataset), str(tmp_path / "killed")
-    target = os.path.join(rd, "checkpoints", f"step_{OFFLINE + 50:010d}.msgpack")  # env step 50: episode 3, step 4
+    target = os.path.join(rd, "checkpoints", f"step_{PRE + OFFLINE + 50:010d}.msgpack")  # env step 50: episode 3, step 4
     kill_when_written("trqam.py", [*cmd, "--run-dir", rd], target)
     assert not os.path.exists(os.path.join(rd, "summary.json")), "the run finished before it was killed"
     assert_mid_episode(target)
@@ -200,8 +243,8 @@ def test_qam_pipeline_killed_offline_then_online_resumes_to_the_same_result(tiny
     taken mid-episode, and rerun to the end: every seed ends identical to the uninterrupted run. (The runner's resume at
     every phase boundary is test_runner.py's, in process; seed i of a vmapped run equals that seed's single-seed run,
     also there.)"""
-    pre, off = 20, 60
-    cmd = [*online_cmd(tiny_dataset, "qam.py", 100), "--pretrain-steps", str(pre), "--offline-steps", str(off), "--num-seeds", "2"]
+    pre, off = PRE, 60
+    cmd = [*online_cmd(tiny_dataset, "qam.py", 100, pre, off), "--num-seeds", "2"]
     ref, rd = str(tmp_path / "ref"), str(tmp_path / "killed")
     run("qam.py", *cmd, "--run-dir", ref)
     dirs = [(os.path.join(rd, f"seed{i}"), os.path.join(ref, f"seed{i}")) for i in range(2)]
@@ -229,16 +272,3 @@ def test_qam_pipeline_killed_offline_then_online_resumes_to_the_same_result(tiny
     for mine, _ in dirs:
         steps = [int(r["step"]) for r in read_csv(os.path.join(mine, "train.csv"))]
         assert steps == sorted(set(steps)) and steps[-1] == pre + off + 100  # no duplicated rows after two resumes
-
-
-def test_qam_online_phase(tiny_dataset, tmp_path):
-    """qam.py runs the same online phase (no offline steps, uniform sampling, UTD 1)."""
-    rd = str(tmp_path / "qam")
-    run("qam.py", *TINY, "--dataset-path", tiny_dataset, "--run-dir", rd, "--pretrain-steps", "0", "--offline-steps", "0",
-        "--online-steps", "30", "--start-training", "10", "--log-interval", "30", "--eval-episodes", "0",
-        "--online-max-episode-steps", str(LIMIT))
-    ck = last_checkpoint(rd)
-    assert ck["meta"]["env_step"] == 30 and np.asarray(ck["tree"]["rows"]["rewards"]).shape == (30,)
-    train = read_csv(os.path.join(rd, "train.csv"))
-    assert [(r["phase"], int(r["step"]), int(r["updates"])) for r in train] == [("online", 30, 21)]
-    assert np.isfinite(float(train[-1]["am_loss"]))
