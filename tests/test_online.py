@@ -21,6 +21,7 @@ from helpers import EVAL_STEPS, TINY, assert_trees_equal, kill_when_written, las
 
 from utils import online
 from utils.data import KEYS, chunk_at
+from utils.files import LOCK_FILE
 
 pytestmark = pytest.mark.slow  # every test here starts an algorithm script in a subprocess
 
@@ -168,7 +169,8 @@ def test_pipeline_files_rows_and_a_rerun_of_the_finished_run(ref_run, tiny_datas
 
     def files():
         paths = [os.path.join(ref_run, f) for f in os.listdir(ref_run)] + glob.glob(os.path.join(ref_run, "checkpoints", "*"))
-        out = {p: open(p, "rb").read() for p in sorted(paths) if os.path.isfile(p) and not p.endswith("summary.json")}
+        out = {p: open(p, "rb").read() for p in sorted(paths)  # (the lock file holds the last holder's pid)
+               if os.path.isfile(p) and not p.endswith(("summary.json", LOCK_FILE))}
         summary = json.load(open(os.path.join(ref_run, "summary.json")))
         return out, {k: v for k, v in summary.items() if k not in timing}
 

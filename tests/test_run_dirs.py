@@ -24,6 +24,7 @@ from experiments import plan, sweep
 from utils import checkpoint
 from utils.args import RunArgs, fill_defaults
 from utils.errors import UserError
+from utils.files import lock_dir
 from utils.runner import setup
 from utils.schedule import run_dirs
 
@@ -112,6 +113,23 @@ def test_seed_directories_compare_their_own_seed(tiny_dataset, tmp_path):
     pipeline(args_for(tiny_dataset, os.path.join(rd, "seed1"), seed=1, **kw))
     with pytest.raises(UserError, match=r"seed1 was made with other arguments \(--seed 1 -> 0\)"):
         pipeline(args_for(tiny_dataset, os.path.join(rd, "seed1"), seed=0, **kw))
+
+
+def test_a_run_directory_in_use_is_refused_in_one_line(tiny_dataset, tmp_path):
+    """A second command on a run directory that a running process holds is refused before it writes anything, naming the
+    holder's pid; once the holder is gone (here: closes its lock; a killed process's lock goes with it) the run proceeds
+    and releases its own lock when it ends."""
+    rd = str(tmp_path / "r")
+    held = lock_dir(rd)
+    before = snapshot(rd)
+    with pytest.raises(UserError) as e:
+        pipeline(args_for(tiny_dataset, rd, offline_steps=4, log_interval=2))
+    assert str(e.value) == f"{rd} is in use by another run (pid {os.getpid()}): wait for it to end, or use another --run-dir"
+    assert snapshot(rd) == before
+    held.close()
+    pipeline(args_for(tiny_dataset, rd, offline_steps=4, log_interval=2))
+    assert os.path.exists(os.path.join(rd, "summary.json"))
+    lock_dir(rd).close()  # released by the finished run
 
 
 def test_unusable_run_dir_is_one_line_before_anything_runs(tiny_dataset, tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import fcntl
 import json
 import os
 import uuid
@@ -19,6 +20,31 @@ import numpy as np
 from utils.errors import UserError
 
 REQUIRED_KEYS = ("observations", "actions", "terminals")
+LOCK_FILE = ".lock"  # in a run directory: held by the process running it (utils.runner), with that process's pid
+
+
+def lock_dir(directory: str) -> IO[str]:
+    """An exclusive lock on ``directory`` (flock on its ``.lock`` file, which says the holder's pid) for as long as the
+    returned file stays open; the kernel drops it when the process ends, killed or not. One line when another process
+    holds it: two commands writing one run directory would interleave its logs and checkpoints. On a filesystem without
+    locks (some network mounts) the run goes on unlocked."""
+    os.makedirs(directory, exist_ok=True)
+    f = open(os.path.join(directory, LOCK_FILE), "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip()
+        f.close()
+        raise UserError(f"{directory} is in use by another run{f' (pid {holder})' if holder else ''}: "
+                        "wait for it to end, or use another --run-dir") from None
+    except OSError:
+        return f
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
 
 
 def atomic_write(path: str, data: bytes | Callable[[IO[bytes]], None]) -> None:

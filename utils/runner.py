@@ -34,6 +34,7 @@ from utils.args import RunArgs, network_defaults
 from utils.data import DeviceDataset, full_env_name, resolve_dataset_path
 from utils.errors import UserError
 from utils.evaluate import PolicyEvaluation
+from utils.files import lock_dir
 from utils.online import online_phase
 from utils.runlog import Logs, MetricSums
 from utils.schedule import Schedule, SeedKeys, changed_args, check_run_dirs, describe_changes, run_dirs, seeds_of, stack, unstack
@@ -72,6 +73,8 @@ def train(args: RunArgs, data: DeviceDataset, algorithm: Algorithm, bc: Algorith
         raise KeyboardInterrupt(f"interrupted at step {run.step}; {run.checkpoints.kept()}; {again}") from None
     finally:  # also when a run stops early (a non-finite metric, an interrupt): no evaluation worker is left behind
         run.evaluation.close()
+        for f in run.locks:
+            f.close()
 
 
 @dataclass
@@ -89,6 +92,7 @@ class Run:
     logs: Logs
     evaluation: PolicyEvaluation
     blocks: dict = field(default_factory=dict)
+    locks: list = field(default_factory=list)  # each run directory's lock file, open while the run runs (files.lock_dir)
     started: float = field(default_factory=time.time)
     step: int = 0  # the global step reached (for the line of an interrupted run)
 
@@ -103,13 +107,15 @@ class Run:
             d, diff = next(iter(changes.items()))
             raise UserError(f"{d} was made with other arguments ({describe_changes(diff)}); "
                             "use a new --run-dir, or --resume-changed to continue it on purpose")
+        locks = [lock_dir(d) for d in dirs]  # held until train() ends; a second command on a run directory: one line
         ckpts = checkpoint.Checkpoints(dirs, args.keep_checkpoints)
         for d, diff in changes.items():
             record_changes(d, diff, ckpts)
         logs = Logs(dirs, args, seeds, ckpts.step if ckpts.phase else None, schedule.total)
         evaluation = PolicyEvaluation(data.env_name, seeds, args.eval_episodes, args.eval_workers, args.horizon, data.act_dim,
                                       dirs if args.capture_video else None, args.eval_max_episode_steps)
-        return cls(args, data, name, seeds, dirs, schedule, SeedKeys.of(seeds), ckpts, logs, evaluation, step=ckpts.newest or 0)
+        return cls(args, data, name, seeds, dirs, schedule, SeedKeys.of(seeds), ckpts, logs, evaluation, locks=locks,
+                   step=ckpts.newest or 0)
 
     def save(self, step: int, phase: str, state: Tree, keys: jax.Array, sums: MetricSums | None = None,
              more: list[dict] | None = None, metas: list[dict] | None = None) -> None:
