@@ -15,7 +15,7 @@ import time
 
 import pytest
 from conftest import write_random_dataset
-from helpers import assert_trees_equal, last_checkpoint, read_csv
+from helpers import EVAL_STEPS, assert_trees_equal, last_checkpoint, read_csv
 
 from experiments import job, plan, report, results, sweep
 from experiments.algorithms import Method
@@ -26,7 +26,7 @@ TINY = ["--actor-hidden-dims", "32", "32", "--value-hidden-dims", "32", "32", "-
         "--checkpoint-interval", "20", "--keep-checkpoints", "0"]
 
 
-EVAL = ["--eval-workers", "0", "--eval-max-episode-steps", "25"]
+EVAL = ["--eval-workers", "0", "--eval-max-episode-steps", EVAL_STEPS]
 
 
 def run_sweep(*argv: str, datagen: str | None = None) -> tuple[int, str]:

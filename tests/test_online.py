@@ -255,7 +255,7 @@ def test_qam_pipeline_killed_offline_then_online_resumes_to_the_same_result(tiny
             assert os.path.exists(os.path.join(d, f)), (d, f)
         train, ev = read_csv(os.path.join(d, "train.csv")), read_csv(os.path.join(d, "eval.csv"))
         assert [(r["phase"], int(r["step"])) for r in train] == \
-            [("pretrain", 20), *(("offline", s) for s in (40, 60, 80)), *(("online", s) for s in range(100, 181, 20))]
+            [("pretrain", pre), *(("offline", s) for s in (40, 60, 80)), *(("online", s) for s in range(100, 181, 20))]
         assert [(r["phase"], int(r["step"])) for r in ev] == [("offline", 20), ("offline", 80), ("online", 180)]
         assert all(np.isfinite(float(train[k][c])) for k in (3, -1) for c in ("critic_loss", "bc_loss", "am_loss", "kl"))
         summary = json.load(open(os.path.join(d, "summary.json")))
