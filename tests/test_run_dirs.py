@@ -115,6 +115,38 @@ def test_seed_directories_compare_their_own_seed(tiny_dataset, tmp_path):
         pipeline(args_for(tiny_dataset, os.path.join(rd, "seed1"), seed=0, **kw))
 
 
+def test_a_flag_added_since_a_run_directory_was_made_resumes_at_its_default(tiny_dataset, tmp_path, monkeypatch):
+    """A run directory made by an older version of the script (its args.json lacks a flag added since, here
+    --eval-max-episode-steps) continues under the same command: the new flag at its default does what the old version
+    did. Set to anything else, it is a change like any other, named with the old side absent; a flag the directory has
+    and the script no longer knows is one too."""
+    kw = dict(offline_steps=8, checkpoint_interval=4, log_interval=2)
+    rd = str(tmp_path / "r")
+    die_at(monkeypatch, 4)
+    with pytest.raises(Killed):
+        pipeline(args_for(tiny_dataset, rd, **kw))
+    monkeypatch.undo()
+    path = os.path.join(rd, "args.json")
+    with open(path) as f:
+        stored = json.load(f)
+    assert stored["eval_max_episode_steps"] is None  # the default: the env's own time limit
+    del stored["eval_max_episode_steps"]
+    with open(path, "w") as f:
+        json.dump(stored, f)
+    with pytest.raises(UserError, match=r"\(--eval-max-episode-steps \(absent\) -> 10\); use a new --run-dir"):
+        pipeline(args_for(tiny_dataset, rd, **kw, eval_max_episode_steps=10))
+    with open(path, "w") as f:
+        json.dump({**stored, "old_flag": 1}, f)
+    with pytest.raises(UserError, match=r"\(--old-flag 1 -> \(absent\)\)"):
+        pipeline(args_for(tiny_dataset, rd, **kw))
+    with open(path, "w") as f:
+        json.dump(stored, f)
+    pipeline(args_for(tiny_dataset, rd, **kw))  # the same command: resumes from step 4 to 8
+    assert sorted(os.listdir(os.path.join(rd, CK)))[-1] == os.path.basename(checkpoint.step_path("", 8))
+    with open(path) as f:
+        assert json.load(f)["eval_max_episode_steps"] is None  # args.json now holds the flag
+
+
 def test_a_run_directory_in_use_is_refused_in_one_line(tiny_dataset, tmp_path):
     """A second command on a run directory that a running process holds is refused before it writes anything, naming the
     holder's pid; once the holder is gone (here: closes its lock; a killed process's lock goes with it) the run proceeds

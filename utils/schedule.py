@@ -104,10 +104,28 @@ def check_run_dirs(args: RunArgs) -> None:
             raise UserError(f"cannot use {d} as a run directory: {q} is {why} (use another --run-dir)")
 
 
+def as_json(value):
+    """A value as args.json holds it (tuples as lists, paths and enums as strings)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def field_defaults(args: RunArgs) -> dict:
+    """Each argument's default, as args.json would hold it."""
+    out = {}
+    for f in dataclasses.fields(args):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = as_json(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = as_json(f.default_factory())
+    return out
+
+
 def changed_args(args: RunArgs, dirs: list[str], seeds: list[int]) -> dict[str, dict[str, tuple]]:
     """{run dir: {field: (stored, now)}} for each existing run directory whose args.json (the resolved arguments it was
-    made, or last continued, with; its own seed) differs from ``args`` beyond ``FREE_ARGS``; a field only one side
-    has (another script, or another version of it) differs too."""
+    made, or last continued, with; its own seed) differs from ``args`` beyond ``FREE_ARGS``. A field only one side has
+    differs too (another script), except a flag added since the directory was made that is at its default now: a
+    newer version of the same script, doing what the old one did."""
+    defaults = field_defaults(args)
     out = {}
     for d, seed in zip(dirs, seeds, strict=True):
         path = os.path.join(d, "args.json")
@@ -118,7 +136,8 @@ def changed_args(args: RunArgs, dirs: list[str], seeds: list[int]) -> dict[str, 
                 old = json.load(f)
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read {path} ({type(e).__name__}: {e}); use a new --run-dir") from None
-        new = json.loads(json.dumps(dataclasses.asdict(dataclasses.replace(args, seed=seed)), default=str))  # as args.json holds it
+        new = as_json(dataclasses.asdict(dataclasses.replace(args, seed=seed)))
+        old = {**{k: v for k, v in defaults.items() if k not in old and k in new and new[k] == v}, **old}  # added flags
         diff = {k: (old.get(k, ABSENT), new.get(k, ABSENT)) for k in [*new, *old]
                 if k not in FREE_ARGS and old.get(k, ABSENT) != new.get(k, ABSENT)}
         if diff:
