@@ -9,7 +9,8 @@ critics, chunk length, each method's knob. What a command changes from it is the
 official one is 1000 episodes = 1M transitions), and ``--set key=value`` for a one-at-a-time factor (``--set sparse=false``,
 ``--set discount=0.995``, ``--set pretrain_steps=20000``). Each (task, protocol, algorithm, variant) runs in its own
 directory ``OUT/<task>/<protocol>/<algo>/<variant>``, all seeds vmapped in one process; rerunning the same command
-resumes it from its newest checkpoint, and skips it once finished.
+resumes it from its newest checkpoint, and skips it once finished. Killing this command (any signal) kills the
+training script it is running too, so a rerun never meets an orphan still writing the run directory.
 
 The dataset is generated with this project's oracle generator (``python -m datagen``, data seed 0) into
 ``DATA_DIR/e<episodes>/`` when missing, or taken from ``--dataset-path`` (e.g. the official OGBench file).
@@ -35,6 +36,7 @@ import sys
 import time
 
 from experiments.algorithms import ALGORITHMS
+from experiments.job import die_with_parent
 from experiments.protocols import PROTOCOLS, flags, settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,7 +96,7 @@ def dataset(a, env: str) -> str:
         print(f"generating {a.episodes} episodes of {env} into {out} ...", flush=True)
         cmd = [sys.executable, "-m", "datagen", "--env-id", env, "--episodes", str(a.episodes), "--seed", "0",
                "--workers", str(a.workers), "--out", out, "--no-progress"]
-        if subprocess.call(cmd, cwd=ROOT) != 0:
+        if subprocess.call(cmd, cwd=ROOT, preexec_fn=die_with_parent) != 0:
             sys.exit(f"error: dataset generation failed: {' '.join(cmd)}")
     return path
 
@@ -125,7 +127,7 @@ def run_algo(a, task: str, env: str, task_id: int, domain: str, algo: str, chang
     print(f"{algo} {variant(a, changes)}: {' '.join(cmd[1:])}", flush=True)
     t0 = time.time()
     with open(os.path.join(run_dir, "stdout.log"), "a") as log:
-        rc = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        rc = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
     if rc != 0:
         sys.exit(f"error: {algo} failed (exit {rc}); see {os.path.join(run_dir, 'stdout.log')}")
     print(f"{algo} {variant(a, changes)}: done in {(time.time() - t0) / 60:.1f} min", flush=True)

@@ -48,6 +48,7 @@ import sys
 import time
 
 from experiments.algorithms import ALGORITHMS
+from experiments.job import die_with_parent
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIM = os.path.join(ROOT, "benchmarks", "peer_shim")
@@ -58,7 +59,8 @@ def sh(cmd: list[str], log: str, env: dict | None = None, cwd: str | None = None
     """Run ``cmd`` with its output to ``log``; the wall time, or exit with the log's tail on failure."""
     t0 = time.time()
     with open(log, "w") as f:
-        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=cwd)
+        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=cwd,
+                             preexec_fn=die_with_parent)
     if rc != 0:
         with open(log) as f:
             tail = f.read()[-3000:]

@@ -32,7 +32,9 @@ class RunCrashed(Exception):
     """The run's process crashed or was killed: worth a retry (it resumes from its checkpoint)."""
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:
+    """A ``preexec_fn`` (runs in the child between fork and exec): the child is killed when the process that started it
+    dies, by any signal, so no orphan goes on writing a run directory that a rerun resumes."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1 (Linux)
     except (OSError, AttributeError):
@@ -98,7 +100,7 @@ def execute(spec: dict, tracker=None, *deps: dict) -> dict:
         err.flush()
         offset = err.tell()  # this attempt's stderr starts here
         p = subprocess.Popen(argv, cwd=ROOT, env=child_env(spec["env"], spec["num_gpus"]), stdout=out, stderr=err,
-                             stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                             stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
         _append_jsonl(attempts, {"event": "start", "time": t0, "pid": p.pid, "host": socket.gethostname()})
         rc = p.wait()
     duration = time.time() - t0

@@ -10,6 +10,8 @@ import json
 import os
 import signal
 import struct
+import subprocess
+import sys
 import threading
 import time
 
@@ -192,6 +194,39 @@ def test_job_classifies_how_a_run_ends(code, expect, tmp_path):
         res = job.execute(spec)
         assert res["status"] == kind and res["message"].startswith(msg), res
     assert [e["event"] for e in events(str(tmp_path))] == ["start", "end"]
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, killed and not yet reaped, is not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="PR_SET_PDEATHSIG and /proc are Linux's")
+def test_a_run_dies_with_the_process_that_started_it():
+    """The sweep's jobs, calibrate and learning_parity start their training scripts with ``die_with_parent``: killing
+    the starter (SIGKILL: no handler runs) kills the script too, so no orphan writes on into a run directory that a rerun
+    resumes. Without it (the control) the child outlives its parent."""
+    code = ("import subprocess, sys, time; from experiments.job import die_with_parent; "
+            "p = subprocess.Popen(['sleep', '60'], preexec_fn=die_with_parent if sys.argv[1] == '1' else None); "
+            "print(p.pid, flush=True); time.sleep(60)")
+    for guarded in (True, False):
+        parent = subprocess.Popen([sys.executable, "-c", code, str(int(guarded))], cwd=job.ROOT, stdout=subprocess.PIPE, text=True)
+        child = int(parent.stdout.readline())
+        assert alive(child)
+        parent.kill()
+        parent.wait()
+        deadline = time.time() + 10
+        while alive(child) and time.time() < deadline and guarded:
+            time.sleep(0.05)
+        try:
+            assert alive(child) != guarded, ("the child outlived its parent" if guarded else "control: the child died too")
+        finally:
+            if alive(child):
+                os.kill(child, signal.SIGKILL)
 
 
 def test_dry_run_prints_the_grouped_plan(data_dir, tmp_path, capsys):
