@@ -77,11 +77,15 @@ def check_flow_env(path: str, flow_env: str | None, env_name: str) -> None:
                         f"a flow must come from the same dataset ({ours})")
 
 
+# OGBench's envs build their Box spaces from float64 bounds (the manipulation envs' action_space is a property, built
+# again at every reset), and gymnasium says so once per process, in every run log and evaluation worker: a notice about
+# OGBench's code, not about a run.
+warnings.filterwarnings("ignore", message=".*precision lowered by casting to float32", category=UserWarning)
+
+
 def make_env(env_name: str, max_episode_steps: int | None = None) -> gymnasium.Env:
     """The single-task gymnasium env of an OGBench env name (time limit: the env's own, or ``max_episode_steps``)."""
-    with warnings.catch_warnings():  # gymnasium's notice that the env's float64 bounds are cast to float32
-        warnings.filterwarnings("ignore", message=".*precision lowered.*")
-        return gymnasium.make(check_env(env_name), max_episode_steps=max_episode_steps)
+    return gymnasium.make(check_env(env_name), max_episode_steps=max_episode_steps)
 
 
 # ------------------------------------------------------------------------- dataset files
