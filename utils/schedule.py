@@ -137,7 +137,7 @@ def changed_args(args: RunArgs, dirs: list[str], seeds: list[int]) -> dict[str, 
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read {path} ({type(e).__name__}: {e}); use a new --run-dir") from None
         new = as_json(dataclasses.asdict(dataclasses.replace(args, seed=seed)))
-        old = {**{k: v for k, v in defaults.items() if k not in old and k in new and new[k] == v}, **old}  # added flags
+        old = {**{k: v for k, v in defaults.items() if new[k] == v}, **old}  # a flag args.json lacks, now at its default
         diff = {k: (old.get(k, ABSENT), new.get(k, ABSENT)) for k in [*new, *old]
                 if k not in FREE_ARGS and old.get(k, ABSENT) != new.get(k, ABSENT)}
         if diff:
