@@ -286,18 +286,23 @@ def test_adjoint_matching_gradient_reaches_the_policy_only(module, adjoint):
         am, kl, _ = module.adjoint_matching(v, policy, base, q(q_params), obs, x0, eps, beta, lam_eff, horizon=2, adjoint=adjoint)
         return am, kl
 
-    g_am = jax.grad(lambda *p: am_and_kl(*p)[0], argnums=(0, 1, 2))(policy, base, q_params)
-    g_kl = jax.grad(lambda *p: am_and_kl(*p)[1], argnums=(0, 1, 2))(policy, base, q_params)
+    # jitted: one compilation each, where eager differentiation compiles every primitive of the rollout on its own
+    g_am = jax.jit(jax.grad(lambda *p: am_and_kl(*p)[0], argnums=(0, 1, 2)))(policy, base, q_params)
+    g_kl = jax.jit(jax.grad(lambda *p: am_and_kl(*p)[1], argnums=(0, 1, 2)))(policy, base, q_params)
     for leaf in jax.tree.leaves((g_am[1], g_am[2], g_kl)):
         assert np.all(np.asarray(leaf) == 0.0)
     assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(g_am[0])) > 1e-3
 
-    xs, xk, _ = module.memoryless_rollout(v(policy), v(base), obs, x0, eps, K)
-    adjs, _ = module.lean_adjoint(v(base), obs, xs, module.terminal_adjoint(q(q_params), obs, xk, beta), K, adjoint)
-    t, g2, _ = module.sde_schedule(K)
-    obs_k, t_k = jnp.broadcast_to(obs, (K,) + obs.shape), jnp.broadcast_to(t[:, None, None], (K, B, 1))
-    vbs = v(base)(obs_k, xs, t_k)
-    ref = jax.grad(lambda p: module.adjoint_matching_loss(v(p)(obs_k, xs, t_k) - vbs, adjs, g2, lam_eff))(policy)
+    @jax.jit
+    def reference(policy, base, q_params):  # the trajectory, adjoints and v_base first, then (8)'s gradient with them fixed
+        xs, xk, _ = module.memoryless_rollout(v(policy), v(base), obs, x0, eps, K)
+        adjs, _ = module.lean_adjoint(v(base), obs, xs, module.terminal_adjoint(q(q_params), obs, xk, beta), K, adjoint)
+        t, g2, _ = module.sde_schedule(K)
+        obs_k, t_k = jnp.broadcast_to(obs, (K,) + obs.shape), jnp.broadcast_to(t[:, None, None], (K, B, 1))
+        vbs = v(base)(obs_k, xs, t_k)
+        return jax.grad(lambda p: module.adjoint_matching_loss(v(p)(obs_k, xs, t_k) - vbs, adjs, g2, lam_eff))(policy)
+
+    ref = reference(policy, base, q_params)
     for got, want in zip(jax.tree.leaves(g_am[0]), jax.tree.leaves(ref), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 

@@ -152,14 +152,23 @@ class Killed(Exception):
     pass
 
 
+BOUNDARY_RUN = dict(pretrain_steps=5, offline_steps=6, online_steps=7, start_training=2, online_max_episode_steps=4,
+                    checkpoint_interval=3, log_interval=2)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(dataset, tmp_path_factory) -> str:
+    """The run every kill below must reproduce, made once (it is the same run for every kill point)."""
+    ref = str(tmp_path_factory.mktemp("boundary") / "ref")
+    pipeline(args_for(dataset, ref, **BOUNDARY_RUN))
+    return ref
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_at", ["pretrain:3", "pretrained", "offline:8", "offline:end", "online:3"])
-def test_resume_at_each_phase_boundary_equals_uninterrupted(dataset, tmp_path, monkeypatch, kill_at):
+def test_resume_at_each_phase_boundary_equals_uninterrupted(dataset, uninterrupted, tmp_path, monkeypatch, kill_at):
     """Die right after a checkpoint (or the BC flow file) is written, rerun: the same final state, key and logs."""
-    kw = dict(pretrain_steps=5, offline_steps=6, online_steps=7, start_training=2, online_max_episode_steps=4,
-              checkpoint_interval=3, log_interval=2)
-    ref, rd = str(tmp_path / "ref"), str(tmp_path / "killed")
-    pipeline(args_for(dataset, ref, **kw))
+    kw, ref, rd = BOUNDARY_RUN, uninterrupted, str(tmp_path / "killed")
     target = {"pretrain:3": "step_0000000003", "pretrained": "pretrained.msgpack", "offline:8": "step_0000000008",
               "offline:end": "step_0000000011", "online:3": "step_0000000014"}[kill_at]
     save = checkpoint.save
