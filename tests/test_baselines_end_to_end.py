@@ -9,10 +9,13 @@ run. (trqam.py and qam.py are killed for real, with SIGKILL, in test_end_to_end.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import shutil
+import subprocess
 
+import jax
 import numpy as np
 import pytest
 from helpers import ROOT, TINY, assert_trees_equal, last_checkpoint, read_csv, run
@@ -20,6 +23,8 @@ from helpers import ROOT, TINY, assert_trees_equal, last_checkpoint, read_csv, r
 from utils import checkpoint
 
 pytestmark = pytest.mark.slow  # every test here starts an algorithm script in a subprocess
+_head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
+GIT_HEAD = _head.stdout.strip() if _head.returncode == 0 else None  # a run records the checkout's commit (None outside git)
 
 PRE, OFF, ON = 10, 20, 30
 # knobs the cube-single presets leave at a degenerate value (QAM-E and QAM-F would be plain QAM there)
@@ -58,6 +63,14 @@ def test_baseline_pipeline_and_exact_resume(script, tiny_dataset, tmp_path):
             os.remove(checkpoint.step_path(os.path.join(killed, "checkpoints"), s))
     os.remove(os.path.join(killed, "summary.json"))
     run(script[0], *cmd, "--run-dir", killed)
+    # sessions.jsonl: one line per process that ran the directory, from which step, with what code, data and machine
+    sessions = [json.loads(line) for line in open(os.path.join(killed, "sessions.jsonl"))]
+    assert [s["from_step"] for s in sessions] == [0, cut]
+    for s in sessions:
+        assert s["script"] == os.path.join(ROOT, script[0]) and s["argv"][1:] == [*cmd, "--run-dir", ref if s is sessions[0] else killed]
+        assert s["script_sha256"] == hashlib.sha256(open(os.path.join(ROOT, script[0]), "rb").read()).hexdigest()
+        assert s["dataset"]["first"] == tiny_dataset and s["dataset"]["bytes"] == os.path.getsize(tiny_dataset)
+        assert s["git_commit"] == GIT_HEAD and s["packages"]["jax"] == jax.__version__ and s["device"]["platform"] == "cpu"
     a, b = last_checkpoint(ref), last_checkpoint(killed)
     assert a["meta"] == b["meta"] and a["meta"]["phase"] == "online"
     assert_trees_equal(a["tree"], b["tree"])

@@ -1,13 +1,19 @@
-"""What a run directory receives as it goes: args.json, CSV tables, summary.json, and wandb when asked; ``Logs`` writes
-them for all seeds of a run, with the progress bar and the metric sums between two train rows."""
+"""What a run directory receives as it goes: args.json, sessions.jsonl, CSV tables, summary.json, and wandb when asked;
+``Logs`` writes them for all seeds of a run, with the progress bar and the metric sums between two train rows."""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import hashlib
+import importlib.metadata
+import json
 import os
+import platform
 import re
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -81,13 +87,80 @@ def wandb_init_kwargs(run_dir: str, args: Any) -> dict[str, Any]:
                 tags=[t[:64] for t in (args.exp_name, env, f"task{task}")], dir=run_dir, resume="allow", reinit="create_new")
 
 
-class RunLog:
-    """One seed's run directory: the CSV tables, summary.json, and a wandb run when ``args.track``."""
+SESSIONS_FILE = "sessions.jsonl"
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "mujoco", "ogbench")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-    def __init__(self, run_dir: str, args: Any, resume_step: int | None):
+
+def _git(*args: str) -> str | None:
+    """``git -C REPO ARGS``'s output, or None (no git, not a checkout, or it failed)."""
+    try:
+        p = subprocess.run(["git", "-C", REPO, *args], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return p.stdout.strip() if p.returncode == 0 else None
+
+
+def _sha256(path: str | None) -> str | None:
+    try:
+        with open(path, "rb") as f:  # type: ignore[arg-type]
+            return hashlib.sha256(f.read()).hexdigest()
+    except (OSError, TypeError):
+        return None
+
+
+@functools.cache
+def provenance() -> dict[str, Any]:
+    """What this process runs on: the command, the code (the git commit of this checkout, whether its tracked files differ
+    from that commit, and the sha256 of the script itself, which identifies a copied single file too), the packages'
+    versions, the JAX device and the machine. A field that cannot be read is None; this never raises."""
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    import jax  # imported by every script before its run directory opens
+
+    device, main = jax.devices()[0], getattr(sys.modules.get("__main__"), "__file__", None)
+    return {"argv": sys.argv, "cwd": os.getcwd(), "script": os.path.abspath(main) if main else None, "script_sha256": _sha256(main),
+            "git_commit": commit, "git_dirty": None if status is None else bool(status),
+            "python": platform.python_version(), "packages": versions,
+            "device": {"platform": device.platform, "kind": device.device_kind, "count": jax.device_count()},
+            "host": platform.node(), "cpu_model": _cpu_model(),
+            "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        return platform.processor() or None
+
+
+def dataset_stamp(files: list[str]) -> dict[str, Any]:
+    """The dataset as this session found it: its files' count, total size and newest modification time (a file
+    regenerated between two sessions of a run shows here)."""
+    stats = [os.stat(f) for f in files]
+    return {"files": len(files), "first": os.path.abspath(files[0]) if files else None, "bytes": sum(st.st_size for st in stats),
+            "newest_mtime": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(max((st.st_mtime for st in stats), default=0)))}
+
+
+class RunLog:
+    """One seed's run directory: args.json, one line of sessions.jsonl per process that runs it (from which step, what code
+    on what machine: ``provenance``), the CSV tables, summary.json, and a wandb run when ``args.track``."""
+
+    def __init__(self, run_dir: str, args: Any, resume_step: int | None, dataset: dict[str, Any] | None = None):
         self.run_dir, self.wandb = run_dir, None
         os.makedirs(run_dir, exist_ok=True)
         write_json(os.path.join(run_dir, "args.json"), dataclasses.asdict(args), sort_keys=True)
+        session = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "from_step": resume_step or 0, "pid": os.getpid(),
+                   **provenance(), "dataset": dataset}
+        with open(os.path.join(run_dir, SESSIONS_FILE), "a") as f:
+            f.write(json.dumps(session, default=str) + "\n")
         self.csv = {name: CSVLog(os.path.join(run_dir, f"{name}.csv"), resume_step) for name in TABLES}
         if args.track:
             import wandb
@@ -146,8 +219,9 @@ class Logs:
     """All seeds' run directories (one ``RunLog`` each), the progress bar over the global steps, and each seed's newest
     evaluation. Train rows carry ``wall_s``, the seconds since this process opened the run."""
 
-    def __init__(self, run_dirs: list[str], args: Any, seeds: list[int], resume_step: int | None, total: int):
-        self.runs = [RunLog(d, dataclasses.replace(args, seed=s), resume_step)  # args.json: its own seed
+    def __init__(self, run_dirs: list[str], args: Any, seeds: list[int], resume_step: int | None, total: int,
+                 dataset: dict[str, Any] | None = None):
+        self.runs = [RunLog(d, dataclasses.replace(args, seed=s), resume_step, dataset)  # args.json: its own seed
                      for d, s in zip(run_dirs, seeds, strict=True)]
         self.last_eval = [log.last_eval() for log in self.runs]
         self.name, self.seeds, self.episodes = args.exp_name, seeds, args.eval_episodes

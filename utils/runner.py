@@ -36,7 +36,7 @@ from utils.errors import UserError
 from utils.evaluate import PolicyEvaluation
 from utils.files import lock_dir
 from utils.online import online_phase
-from utils.runlog import Logs, MetricSums
+from utils.runlog import Logs, MetricSums, dataset_stamp
 from utils.schedule import Schedule, SeedKeys, changed_args, check_run_dirs, describe_changes, run_dirs, seeds_of, stack, unstack
 from utils.updates import run_updates
 
@@ -111,7 +111,7 @@ class Run:
         ckpts = checkpoint.Checkpoints(dirs, args.keep_checkpoints)
         for d, diff in changes.items():
             record_changes(d, diff, ckpts)
-        logs = Logs(dirs, args, seeds, ckpts.step if ckpts.phase else None, schedule.total)
+        logs = Logs(dirs, args, seeds, ckpts.step if ckpts.phase else None, schedule.total, dataset_stamp(data.files))
         evaluation = PolicyEvaluation(data.env_name, seeds, args.eval_episodes, args.eval_workers, args.horizon, data.act_dim,
                                       dirs if args.capture_video else None, args.eval_max_episode_steps)
         return cls(args, data, name, seeds, dirs, schedule, SeedKeys.of(seeds), ckpts, logs, evaluation, locks=locks,
