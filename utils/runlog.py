@@ -153,14 +153,13 @@ class RunLog:
     """One seed's run directory: args.json, one line of sessions.jsonl per process that runs it (from which step, what code
     on what machine: ``provenance``), the CSV tables, summary.json, and a wandb run when ``args.track``."""
 
-    def __init__(self, run_dir: str, args: Any, resume_step: int | None, dataset: dict[str, Any] | None = None):
+    def __init__(self, run_dir: str, args: Any, resume_step: int | None, session: dict[str, Any] | None = None):
         self.run_dir, self.wandb = run_dir, None
         os.makedirs(run_dir, exist_ok=True)
         write_json(os.path.join(run_dir, "args.json"), dataclasses.asdict(args), sort_keys=True)
-        session = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "from_step": resume_step or 0, "pid": os.getpid(),
-                   **provenance(), "dataset": dataset}
-        with open(os.path.join(run_dir, SESSIONS_FILE), "a") as f:
-            f.write(json.dumps(session, default=str) + "\n")
+        if session is not None:
+            with open(os.path.join(run_dir, SESSIONS_FILE), "a") as f:
+                f.write(json.dumps(session, default=str) + "\n")
         self.csv = {name: CSVLog(os.path.join(run_dir, f"{name}.csv"), resume_step) for name in TABLES}
         if args.track:
             import wandb
@@ -221,7 +220,10 @@ class Logs:
 
     def __init__(self, run_dirs: list[str], args: Any, seeds: list[int], resume_step: int | None, total: int,
                  dataset: dict[str, Any] | None = None):
-        self.runs = [RunLog(d, dataclasses.replace(args, seed=s), resume_step, dataset)  # args.json: its own seed
+        # a rerun of a finished run trains nothing and leaves its directory as it was: no session line
+        session = None if resume_step == total else {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                                     "from_step": resume_step or 0, "pid": os.getpid(), **provenance(), "dataset": dataset}
+        self.runs = [RunLog(d, dataclasses.replace(args, seed=s), resume_step, session)  # args.json: its own seed
                      for d, s in zip(run_dirs, seeds, strict=True)]
         self.last_eval = [log.last_eval() for log in self.runs]
         self.name, self.seeds, self.episodes = args.exp_name, seeds, args.eval_episodes
