@@ -162,6 +162,25 @@ def seed_curves(run_dir: str) -> dict[int, dict[int, float]]:
     return out
 
 
+def run_code(run_dir: str) -> list[str] | None:
+    """The code that trained a run, from its seeds' sessions.jsonl: each distinct git commit (7 digits, "+dirty" where the
+    checkout's tracked files differed; "unknown" outside git) in the order first seen; None for a run made before run
+    directories recorded their sessions. More than one entry: the run was resumed under other code."""
+    dirs = [os.path.join(run_dir, d) for d in sorted(os.listdir(run_dir)) if re.fullmatch(r"seed\d+", d)] or [run_dir]
+    codes: list[str] = []
+    for d in dirs:
+        path = os.path.join(d, "sessions.jsonl")
+        if os.path.exists(path):
+            for line in open(path):
+                try:
+                    s = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                c = "unknown" if not s.get("git_commit") else s["git_commit"][:7] + ("+dirty" if s.get("git_dirty") else "")
+                codes += [c] if c not in codes else []
+    return codes or None
+
+
 def mean_std(xs: list[float]) -> tuple[float, float]:
     m = sum(xs) / len(xs)
     return m, (sum((x - m) ** 2 for x in xs) / len(xs)) ** 0.5
@@ -179,7 +198,7 @@ def collect(out: str) -> list[dict]:
                     run_dir = os.path.join(out, task, protocol, algo, var)
                     if not os.path.isdir(run_dir):
                         continue
-                    curves = seed_curves(run_dir)
+                    curves, code = seed_curves(run_dir), run_code(run_dir)
                     steps = sorted({s for c in curves.values() for s in c})
                     for step in steps:
                         vals = [c[step] for c in curves.values() if step in c]
@@ -189,7 +208,7 @@ def collect(out: str) -> list[dict]:
                         rows.append({"task": task, "protocol": protocol, "algo": algo, "variant": var, "step": step,
                                      "seeds": sorted(s for s, c in curves.items() if step in c), "success": vals,
                                      "mean": m, "std": sd, "released": rel, "released_method": RELEASED_LABEL.get(algo),
-                                     "inside": inside})
+                                     "inside": inside, "code": code})
     return rows
 
 
@@ -197,14 +216,16 @@ def write_report(out: str) -> str:
     rows = collect(out)
     lines = ["# Calibration against the released learning curves", "",
              "Success in % (mean ± std over seeds; each seed's in brackets). Released: QAM's released curves (12 seeds, "
-             "QAM's protocol; TRQAM and SQAM rows are set against QAM's curve). Inside: ours within the released mean ± 2 std.", "",
-             "| task | protocol | algorithm | variant | step | ours | seeds | released | inside |",
-             "|---|---|---|---|---:|---:|---|---:|:---:|"]
+             "QAM's protocol; TRQAM and SQAM rows are set against QAM's curve). Inside: ours within the released mean ± 2 std. "
+             "Code: the git commit(s) that trained the run (its seeds' sessions.jsonl; – for a run older than that record).", "",
+             "| task | protocol | algorithm | variant | step | ours | seeds | released | inside | code |",
+             "|---|---|---|---|---:|---:|---|---:|:---:|---|"]
     for r in rows:
         rel = "–" if r["released"] is None else f"{r['released'][0]:.1f} ± {r['released'][1]:.1f} ({r['released_method']})"
         inside = "–" if r["inside"] is None else ("yes" if r["inside"] else "**no**")
         lines.append(f"| {r['task']} | {r['protocol']} | {r['algo']} | {r['variant']} | {r['step']} | "
-                     f"{r['mean']:.1f} ± {r['std']:.1f} | {' / '.join(f'{v:.0f}' for v in r['success'])} | {rel} | {inside} |")
+                     f"{r['mean']:.1f} ± {r['std']:.1f} | {' / '.join(f'{v:.0f}' for v in r['success'])} | {rel} | {inside} | "
+                     f"{', '.join(r['code']) if r['code'] else '–'} |")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "calibration.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

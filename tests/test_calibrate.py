@@ -90,6 +90,12 @@ def test_table_against_the_released_curve(tmp_path):
     write_run(os.path.join(base, "qam", "h128x2"), {0: {0: 0.0, 10000: 0.2, 50000: 0.8}, 1: {0: 0.0, 10000: 0.0, 50000: 0.9}})
     write_run(os.path.join(base, "qam", "h64x2"), {0: {50000: 0.0}, 1: {50000: 0.0}})
     write_run(os.path.join(base, "trqam", "h128x2"), {3: {50000: 1.0}})
+    # the code that trained each run, from its seeds' sessions.jsonl: resumed once under a dirty checkout of another commit
+    sessions = [{"from_step": 0, "git_commit": "1" * 40, "git_dirty": False},
+                {"from_step": 20000, "git_commit": "2" * 40, "git_dirty": True}]
+    for seed, lines in ((0, sessions[:1]), (1, sessions)):
+        with open(os.path.join(base, "qam", "h128x2", f"seed{seed}", "sessions.jsonl"), "w") as f:
+            f.writelines(json.dumps(s) + "\n" for s in lines)
     calibrate.write_report(out)
     rows = json.load(open(os.path.join(out, "calibration.json")))
     at = {(r["algo"], r["variant"], r["step"]): r for r in rows}
@@ -101,6 +107,8 @@ def test_table_against_the_released_curve(tmp_path):
     assert at[("trqam", "h128x2", 50000)]["released_method"] == "QAM" and at[("trqam", "h128x2", 50000)]["seeds"] == [3]
     md = open(os.path.join(out, "calibration.md")).read()
     assert "| scene-play-task1 | qam | qam | h64x2 | 50000 | 0.0 ± 0.0 |" in md and "**no**" in md
+    assert good["code"] == ["1111111", "2222222+dirty"] and bad["code"] is None
+    assert md.count("| 1111111, 2222222+dirty |") == 3 and "| **no** | – |" in md  # every step of the run names both
 
 
 def test_bad_numbers_are_one_error_line():
