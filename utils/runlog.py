@@ -114,7 +114,9 @@ def provenance() -> dict[str, Any]:
     """What this process runs on: the command, the code (the git commit of this checkout, whether its tracked files differ
     from that commit, and the sha256 of the script itself, which identifies a copied single file too), the packages'
     versions, the JAX device and the machine. A field that cannot be read is None; this never raises."""
-    commit = _git("rev-parse", "HEAD")
+    # this project's own checkout only: an installed copy inside some other repository (a venv in a project) is no commit of it
+    top = _git("rev-parse", "--show-toplevel")
+    commit = _git("rev-parse", "HEAD") if top and os.path.realpath(top) == os.path.realpath(REPO) else None
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
     versions = {}
     for name in PACKAGES:
