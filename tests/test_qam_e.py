@@ -126,7 +126,9 @@ def test_qam_part_equals_qam_py(setup):
         assert abs(float(m["critic_loss"]) - float(qm["critic_loss"])) > 1e-6  # a' is edited: the TD target is not QAM's
         for module in ("policy", "base"):
             for x, y in zip(jax.tree.leaves(g[module]), jax.tree.leaves(qg[module]), strict=True):
-                np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=f"{adjoint} {module}")
+                # float32 rounding, taken relative to the gradient's own scale (its entries reach ~16 here): two equal
+                # losses compiled as different programs differ in the last bits, a wrong term by O(1)
+                np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5 * float(np.abs(y).max()), err_msg=f"{adjoint} {module}")
     # the other modules get their own loss's gradient only (the adjoint plays no part there; g is the exact mode's)
     own = {"critic": "critic_loss", "edit": "edit_loss", "edit_alpha": "edit_alpha_loss"}
     per_term = jax.jit(lambda p: {t: jax.grad(lambda p, t=t: qam_e.loss(p, state, batch, key, a, nets)[1][t])(p) for t in own.values()})(
