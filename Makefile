@@ -18,7 +18,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 demo: $(VENV)/.installed   ## small generated dataset -> BC pretraining -> TRQAM -> eval -> report (~7.5 min, 2 CPU cores)
 	$(PY) examples/demo.py
 
-test: $(VENV)/.installed   ## the whole test suite (CPU; 16-18 min on a 2-core VM: ~100 script runs in subprocesses, each ~15 s of imports, env builds, tracing and compiling)
+test: $(VENV)/.installed   ## the whole test suite (CPU; ~15 min on a 2-core VM: ~100 script runs in subprocesses, each ~10-25 s of imports, env builds, tracing and compiling)
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n $(JOBS) --durations=25 tests
 
 test-fast: $(VENV)/.installed   ## the suite without the subprocess runs marked slow (under 3 min on 2 cores)
