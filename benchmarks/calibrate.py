@@ -38,6 +38,7 @@ import time
 from experiments.algorithms import ALGORITHMS
 from experiments.job import die_with_parent
 from experiments.protocols import PROTOCOLS, flags, settings
+from utils.runlog import SESSIONS_FILE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASED = os.path.join(ROOT, "experiments", "released_curves.csv")
@@ -140,13 +141,18 @@ def released_curves() -> dict[tuple[str, str, int], tuple[float, float, int]]:
         return {(r["task"], r["method"], int(r["step"])): (float(r["mean"]), float(r["std"]), int(r["n"])) for r in rows}
 
 
-def seed_curves(run_dir: str) -> dict[int, dict[int, float]]:
-    """seed -> {offline step -> success %} for each seed directory of a run (``seed<N>`` dirs, or the run dir itself)."""
+def seed_dirs(run_dir: str) -> dict[int, str]:
+    """seed -> directory for each seed of a run: its ``seed<N>`` dirs, or the run dir itself (a single-seed run)."""
     dirs = {int(d[4:]): os.path.join(run_dir, d) for d in os.listdir(run_dir) if re.fullmatch(r"seed\d+", d)}
     if not dirs and os.path.exists(os.path.join(run_dir, "eval.csv")):
         dirs = {int(json.load(open(os.path.join(run_dir, "args.json"))).get("seed", 0)): run_dir}
+    return dict(sorted(dirs.items()))
+
+
+def seed_curves(run_dir: str) -> dict[int, dict[int, float]]:
+    """seed -> {offline step -> success %} for each seed directory of a run."""
     out: dict[int, dict[int, float]] = {}
-    for seed, d in sorted(dirs.items()):
+    for seed, d in seed_dirs(run_dir).items():
         path = os.path.join(d, "eval.csv")
         if not os.path.exists(path):
             continue
@@ -166,10 +172,9 @@ def run_code(run_dir: str) -> list[str] | None:
     """The code that trained a run, from its seeds' sessions.jsonl: each distinct git commit (7 digits, "+dirty" where the
     checkout's tracked files differed; "unknown" outside git) in the order first seen; None for a run made before run
     directories recorded their sessions. More than one entry: the run was resumed under other code."""
-    dirs = [os.path.join(run_dir, d) for d in sorted(os.listdir(run_dir)) if re.fullmatch(r"seed\d+", d)] or [run_dir]
     codes: list[str] = []
-    for d in dirs:
-        path = os.path.join(d, "sessions.jsonl")
+    for d in seed_dirs(run_dir).values():
+        path = os.path.join(d, SESSIONS_FILE)
         if os.path.exists(path):
             for line in open(path):
                 try:
