@@ -5,7 +5,8 @@
 
 The protocol (experiments/protocols.py, one table) gives every setting: reward mode, discount, BC stage, network width,
 critics, chunk length, each method's knob. What a command changes from it is the run's *variant*: ``--hidden-dims`` and
-``--num-qs`` (the paper's 4x512 and 10 critics do not fit a small machine), ``--episodes`` (the dataset's size; the
+``--num-qs`` (the paper's 4x512 and 10 critics do not fit a small machine; ``--actor-hidden-dims`` or
+``--value-hidden-dims`` set the flow's or the critic's width alone, e.g. a wide critic on a narrow flow), ``--episodes`` (the dataset's size; the
 official one is 1000 episodes = 1M transitions), and ``--set key=value`` for a one-at-a-time factor (``--set sparse=false``,
 ``--set discount=0.995``, ``--set pretrain_steps=20000``). Each (task, protocol, algorithm, variant) runs in its own
 directory ``OUT/<task>/<protocol>/<algo>/<variant>``, all seeds vmapped in one process; rerunning the same command
@@ -76,10 +77,18 @@ def parse_set(items: list[str]) -> dict[str, object]:
     return out
 
 
+def widths(a) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(actor, critic) hidden widths: ``--actor-hidden-dims`` / ``--value-hidden-dims``, each defaulting to ``--hidden-dims``."""
+    return tuple(a.actor_hidden_dims or a.hidden_dims), tuple(a.value_hidden_dims or a.hidden_dims)
+
+
 def variant(a, changes: dict[str, object]) -> str:
-    """The run's name from what it changes in the protocol: width, critics, dataset size, then ``--set`` items."""
-    dims = a.hidden_dims
-    parts = [f"h{dims[0]}x{len(dims)}" if len(set(dims)) == 1 else "h" + "-".join(map(str, dims)), f"q{a.num_qs}",
+    """The run's name from what it changes in the protocol: width (``h512x4``; ``a128x2-v512x4`` where the flow's and the
+    critic's differ), critics, dataset size, then ``--set`` items."""
+    def name(dims):
+        return f"{dims[0]}x{len(dims)}" if len(set(dims)) == 1 else "-".join(map(str, dims))
+    actor, value = widths(a)
+    parts = ["h" + name(actor) if actor == value else f"a{name(actor)}-v{name(value)}", f"q{a.num_qs}",
              f"e{a.episodes}" if a.dataset_path is None else "data=" + os.path.basename(os.path.dirname(os.path.abspath(a.dataset_path)))]
     for k, v in sorted(changes.items()):
         v = "x".join(map(str, v)) if isinstance(v, tuple) else v
@@ -104,10 +113,13 @@ def dataset(a, env: str) -> str:
 
 def run_algo(a, task: str, env: str, task_id: int, domain: str, algo: str, changes: dict[str, object], data: str) -> None:
     values = {k: v for k, (v, _) in settings(a.protocol, domain).items()}
-    values["hidden_dims"], values["num_qs"] = tuple(a.hidden_dims), a.num_qs
+    values.pop("hidden_dims", None)
+    (values["actor_hidden_dims"], values["value_hidden_dims"]), values["num_qs"] = widths(a), a.num_qs
     if a.eval_episodes is not None:
         values["eval_episodes"] = a.eval_episodes
     values.update(changes)
+    if "hidden_dims" in changes:  # --set hidden_dims=256x256: both networks, as --hidden-dims
+        values["actor_hidden_dims"] = values["value_hidden_dims"] = values.pop("hidden_dims")
     entry = ALGORITHMS[algo]
     if not entry.from_bc:  # a method with no BC stage (ReBRAC) ignores the protocol's BC steps
         values.pop("pretrain_steps", None)
@@ -250,6 +262,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dataset-path", default=None, help="use this dataset file instead of generating one")
     p.add_argument("--data-dir", default="runs/calibration-data")
     p.add_argument("--hidden-dims", type=int, nargs="+", default=[512, 512, 512, 512])
+    p.add_argument("--actor-hidden-dims", type=int, nargs="+", default=None, help="the flow's width alone (default: --hidden-dims)")
+    p.add_argument("--value-hidden-dims", type=int, nargs="+", default=None,
+                   help="the critic's width alone (default: --hidden-dims)")
     p.add_argument("--num-qs", type=int, default=10)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="one-at-a-time changes to the protocol")
     p.add_argument("--eval-interval", type=int, default=10_000)
@@ -262,8 +277,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--report-only", action="store_true")
     a = p.parse_args(argv)
     ckpt = 1 if a.checkpoint_interval is None else a.checkpoint_interval
-    if min(a.steps, a.eval_interval, a.episodes, a.num_qs, *a.hidden_dims, ckpt) < 1:
-        sys.exit("error: --steps, --eval-interval, --checkpoint-interval, --episodes, --num-qs and --hidden-dims must be positive")
+    if min(a.steps, a.eval_interval, a.episodes, a.num_qs, *a.hidden_dims, *sum(widths(a), ()), ckpt) < 1:
+        sys.exit("error: --steps, --eval-interval, --checkpoint-interval, --episodes, --num-qs and the hidden dims must be positive")
     changes = parse_set(a.set)
     if not a.report_only:
         for task in a.task:

@@ -101,6 +101,8 @@ def flags(values: dict[str, Any], algo: str) -> list[str]:
         if key == "hidden_dims":
             dims = [str(d) for d in value]
             out += ["--actor-hidden-dims", *dims, "--value-hidden-dims", *dims]
+        elif key in ("actor_hidden_dims", "value_hidden_dims"):
+            out += ["--" + key.replace("_", "-"), *map(str, value)]
         elif key == "sparse":
             out += ["--sparse" if value else "--no-sparse"]
         else:

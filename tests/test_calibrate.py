@@ -115,3 +115,38 @@ def test_bad_numbers_are_one_error_line():
     for flag in ("--steps", "--eval-interval", "--checkpoint-interval", "--num-qs"):
         with pytest.raises(SystemExit, match="must be positive"):
             calibrate.main([flag, "0"])
+    with pytest.raises(SystemExit, match="must be positive"):
+        calibrate.main(["--value-hidden-dims", "512", "0"])
+
+
+def test_separate_flow_and_critic_widths(tmp_path, monkeypatch):
+    """--value-hidden-dims alone widens the critic and leaves the flow at --hidden-dims; the variant names both."""
+    calls = []
+    monkeypatch.setattr(calibrate.subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 0)
+    monkeypatch.setattr(calibrate, "write_report", lambda out: "")
+    data = tmp_path / "scene-play-v0.npz"
+    data.write_bytes(b"")
+    common = ["--task", "scene-play-task1", "--algos", "qam", "--seeds", "0", "--dataset-path", str(data),
+              "--hidden-dims", "128", "128", "--out", str(tmp_path / "out")]
+    calibrate.main(common + ["--value-hidden-dims", "512", "512", "512", "512"])
+    calibrate.main(common)
+    calibrate.main(common + ["--set", "hidden_dims=256x256"])
+    (wide_critic, narrow, both_256) = calls
+
+    def dims(cmd, flag):
+        i = cmd.index(flag)
+        out = []
+        for x in cmd[i + 1:]:
+            if x.startswith("--"):
+                break
+            out.append(int(x))
+        assert cmd.count(flag) == 1
+        return out
+
+    assert dims(wide_critic, "--actor-hidden-dims") == [128, 128] and dims(wide_critic, "--value-hidden-dims") == [512] * 4
+    assert dims(narrow, "--actor-hidden-dims") == dims(narrow, "--value-hidden-dims") == [128, 128]
+    assert dims(both_256, "--actor-hidden-dims") == dims(both_256, "--value-hidden-dims") == [256, 256]
+    run_dirs = [c[c.index("--run-dir") + 1] for c in calls]
+    names = [os.path.basename(d).split("_data=")[0] for d in run_dirs]
+    assert names == ["a128x2-v512x4_q10", "h128x2_q10", "h128x2_q10"]
+    assert run_dirs[2].endswith("_hidden_dims=256x256")
