@@ -6,12 +6,13 @@
 The protocol (experiments/protocols.py, one table) gives every setting: reward mode, discount, BC stage, network width,
 critics, chunk length, each method's knob. What a command changes from it is the run's *variant*: ``--hidden-dims`` and
 ``--num-qs`` (the paper's 4x512 and 10 critics do not fit a small machine; ``--actor-hidden-dims`` or
-``--value-hidden-dims`` set the flow's or the critic's width alone, e.g. a wide critic on a narrow flow), ``--episodes`` (the dataset's size; the
-official one is 1000 episodes = 1M transitions), and ``--set key=value`` for a one-at-a-time factor (``--set sparse=false``,
-``--set discount=0.995``, ``--set pretrain_steps=20000``). Each (task, protocol, algorithm, variant) runs in its own
-directory ``OUT/<task>/<protocol>/<algo>/<variant>``, all seeds vmapped in one process; rerunning the same command
-resumes it from its newest checkpoint, and skips it once finished. Killing this command (any signal) kills the
-training script it is running too, so a rerun never meets an orphan still writing the run directory.
+``--value-hidden-dims`` set the flow's or the critic's width alone, e.g. a wide critic on a narrow flow), ``--episodes``
+(the dataset's size; the official one is 1000 episodes = 1M transitions), and ``--set key=value`` for a one-at-a-time
+factor (``--set sparse=false``, ``--set discount=0.995``, ``--set pretrain_steps=20000``). Each (task, protocol,
+algorithm, variant) runs in its own directory ``OUT/<task>/<protocol>/<algo>/<variant>``, all seeds vmapped in one
+process; rerunning the same command resumes it from its newest checkpoint, and skips it once finished. Killing this
+command (any signal) kills the training script it is running too, so a rerun never meets an orphan still writing the run
+directory.
 
 The dataset is generated with this project's oracle generator (``python -m datagen``, data seed 0) into
 ``DATA_DIR/e<episodes>/`` when missing, or taken from ``--dataset-path`` (e.g. the official OGBench file).

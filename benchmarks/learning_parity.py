@@ -100,7 +100,7 @@ def ours(a, data: str) -> dict:
     base = os.path.join(a.out, "ours")
     common = ["--env-id", a.env_id, "--task-id", str(a.task_id), "--dataset-path", data, "--seed", str(a.seeds[0]),
               "--num-seeds", str(len(a.seeds)), "--actor-hidden-dims", *map(str, a.hidden_dims), "--value-hidden-dims",
-              *map(str, a.hidden_dims), "--num-qs", str(a.num_qs), "--eval-episodes", str(a.eval_episodes),
+              *map(str, a.value_hidden_dims), "--num-qs", str(a.num_qs), "--eval-episodes", str(a.eval_episodes),
               "--log-interval", str(a.log_interval), "--checkpoint-interval", str(a.steps)]
     seed_dir = (lambda d, s: os.path.join(d, f"seed{s}")) if len(a.seeds) > 1 else (lambda d, s: d)
     common += ["--sparse" if a.sparse else "--no-sparse", "--discount", str(a.discount)]
@@ -175,11 +175,11 @@ def peer(a, data: str) -> dict:
     src, py = peer_src(a), peer_venv(a)
     base = os.path.abspath(os.path.join(a.out, "peer"))
     env_name = f"{a.env_id}-singletask-task{a.task_id}-v0"
-    dims = "(" + ",".join(map(str, a.hidden_dims)) + ("," if len(a.hidden_dims) == 1 else "") + ")"
+    dims, vdims = (("(" + ",".join(map(str, d)) + ("," if len(d) == 1 else "") + ")") for d in (a.hidden_dims, a.value_hidden_dims))
     env = {"PYTHONPATH": SHIM, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "")}
     common = [f"--env_name={env_name}", f"--sparse={a.sparse}", f"--agent.discount={a.discount}", f"--horizon_length={a.horizon}",
               f"--ogbench_dataset_dir={os.path.abspath(os.path.dirname(data))}", "--agent.action_chunking=True",
-              f"--agent.actor_hidden_dims={dims}", f"--agent.value_hidden_dims={dims}", f"--agent.num_qs={a.num_qs}",
+              f"--agent.actor_hidden_dims={dims}", f"--agent.value_hidden_dims={vdims}", f"--agent.num_qs={a.num_qs}",
               "--online_steps=0", f"--log_interval={a.log_interval}", f"--save_dir={base}"]
     knobs = {"trqam": [f"--agent.kl_budget={a.kl_budget}"],
              "qam": [f"--agent.inv_temp={a.inv_temp}", "--agent.fql_alpha=0.0", "--agent.edit_scale=0.0"]}
@@ -274,6 +274,7 @@ def main() -> None:
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--log-interval", type=int, default=1000)
     p.add_argument("--hidden-dims", type=int, nargs="+", default=[128, 128], help="actor and critic MLP widths")
+    p.add_argument("--value-hidden-dims", type=int, nargs="+", default=None, help="the critic's widths alone (default: --hidden-dims)")
     p.add_argument("--num-qs", type=int, default=2)
     p.add_argument("--horizon", type=int, default=5)
     p.add_argument("--kl-budget", type=float, default=1.0)
@@ -283,6 +284,7 @@ def main() -> None:
                    help="further algorithms of this project, e.g. fql")
     p.add_argument("--sides", nargs="+", default=["peer", "ours"], choices=["peer", "ours"])
     a = p.parse_args()
+    a.value_hidden_dims = a.value_hidden_dims or a.hidden_dims
     if "peer" in a.sides and not a.peer_git:
         sys.exit("learning_parity: --peer-git is needed to run the authors' side (or pass --sides ours)")
     a.out = os.path.abspath(a.out)
@@ -291,9 +293,10 @@ def main() -> None:
     t0 = time.time()
     results = {side: (peer if side == "peer" else ours)(a, data) for side in a.sides}
     md = table(a, results)
-    head = (f"{a.env_id} task {a.task_id}, {a.episodes} generated episodes (data seed {a.data_seed}), seeds {a.seeds}, "
+    source = f"the file {data}" if a.dataset_path else f"{a.episodes} generated episodes (data seed {a.data_seed})"
+    head = (f"{a.env_id} task {a.task_id}, {source}, seeds {a.seeds}, "
             f"{'sparse' if a.sparse else 'dense'} rewards, discount {a.discount}, BC {a.bc_steps} steps, {a.steps} fine-tuning steps, "
-            f"{'x'.join(map(str, a.hidden_dims))} MLPs, {a.num_qs} critics, "
+            f"{'x'.join(map(str, a.hidden_dims))} MLPs (critics {'x'.join(map(str, a.value_hidden_dims))}), {a.num_qs} critics, "
             f"KL budget {a.kl_budget}, QAM beta {a.inv_temp}, {a.eval_episodes} evaluation episodes per seed")
     with open(os.path.join(a.out, "parity.md"), "w") as f:
         f.write(head + "\n\n" + md + "\n")
