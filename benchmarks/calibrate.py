@@ -125,18 +125,23 @@ def run_algo(a, task: str, env: str, task_id: int, domain: str, algo: str, chang
     if not entry.from_bc:  # a method with no BC stage (ReBRAC) ignores the protocol's BC steps
         values.pop("pretrain_steps", None)
     run_dir = os.path.join(a.out, task, a.protocol, algo, variant(a, changes))
-    seed_dir = os.path.join(run_dir, f"seed{a.seeds[-1]}") if len(a.seeds) > 1 else run_dir
-    if os.path.exists(os.path.join(seed_dir, "summary.json")):
+    # every seed in its own RUN_DIR/seed<N>, whichever command ran it: a single seed is passed its seed directory (the
+    # script writes a single seed into --run-dir itself), so a later --seeds 1 2 adds seeds beside it; a run directory
+    # that already holds a single seed at its top (made before this layout) is continued where it is
+    legacy = len(a.seeds) == 1 and os.path.exists(os.path.join(run_dir, "args.json"))
+    target = run_dir if len(a.seeds) > 1 or legacy else os.path.join(run_dir, f"seed{a.seeds[0]}")
+    if all(os.path.exists(os.path.join(run_dir if legacy else os.path.join(run_dir, f"seed{s}"), "summary.json"))
+           for s in a.seeds):
         print(f"{algo} {variant(a, changes)}: finished, skipped", flush=True)
         return
     cmd = [sys.executable, entry.script, *entry.flags, "--env-id", env, "--task-id", str(task_id), "--dataset-path", data,
-           "--seed", str(a.seeds[0]), "--num-seeds", str(len(a.seeds)), "--run-dir", run_dir,
+           "--seed", str(a.seeds[0]), "--num-seeds", str(len(a.seeds)), "--run-dir", target,
            "--offline-steps", str(a.steps), "--eval-interval", str(a.eval_interval), "--log-interval", str(a.log_interval),
            "--checkpoint-interval", str(a.checkpoint_interval or a.eval_interval), *flags(values, algo)]
     if values.get("pretrain_steps", 0) == 0:  # no BC stage: the starting policy is untrained, its evaluation is wasted time
         cmd.append("--no-initial-eval")
     os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "calibrate_cmd.txt"), "w") as f:
+    with open(os.path.join(run_dir, "calibrate_cmd.txt"), "a") as f:  # one line per command (seeds may come in several)
         f.write(" ".join(cmd[1:]) + "\n")
     print(f"{algo} {variant(a, changes)}: {' '.join(cmd[1:])}", flush=True)
     t0 = time.time()
@@ -155,10 +160,11 @@ def released_curves() -> dict[tuple[str, str, int], tuple[float, float, int]]:
 
 
 def seed_dirs(run_dir: str) -> dict[int, str]:
-    """seed -> directory for each seed of a run: its ``seed<N>`` dirs, or the run dir itself (a single-seed run)."""
+    """seed -> directory for each seed of a run: its ``seed<N>`` dirs, and the run dir itself where it holds a single
+    seed's run (the layout before every seed had its own directory)."""
     dirs = {int(d[4:]): os.path.join(run_dir, d) for d in os.listdir(run_dir) if re.fullmatch(r"seed\d+", d)}
-    if not dirs and os.path.exists(os.path.join(run_dir, "eval.csv")):
-        dirs = {int(json.load(open(os.path.join(run_dir, "args.json"))).get("seed", 0)): run_dir}
+    if os.path.exists(os.path.join(run_dir, "eval.csv")):
+        dirs.setdefault(int(json.load(open(os.path.join(run_dir, "args.json"))).get("seed", 0)), run_dir)
     return dict(sorted(dirs.items()))
 
 

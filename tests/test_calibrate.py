@@ -146,7 +146,44 @@ def test_separate_flow_and_critic_widths(tmp_path, monkeypatch):
     assert dims(wide_critic, "--actor-hidden-dims") == [128, 128] and dims(wide_critic, "--value-hidden-dims") == [512] * 4
     assert dims(narrow, "--actor-hidden-dims") == dims(narrow, "--value-hidden-dims") == [128, 128]
     assert dims(both_256, "--actor-hidden-dims") == dims(both_256, "--value-hidden-dims") == [256, 256]
-    run_dirs = [c[c.index("--run-dir") + 1] for c in calls]
+    run_dirs = [os.path.dirname(c[c.index("--run-dir") + 1]) for c in calls]  # each seed in RUN_DIR/seed<N>
     names = [os.path.basename(d).split("_data=")[0] for d in run_dirs]
     assert names == ["a128x2-v512x4_q10", "h128x2_q10", "h128x2_q10"]
     assert run_dirs[2].endswith("_hidden_dims=256x256")
+
+
+def test_seeds_added_by_later_commands_land_beside_each_other(tmp_path, monkeypatch):
+    """--seeds 0, then --seeds 1 2: seed 0 in RUN_DIR/seed0, seeds 1-2 in RUN_DIR/seed{1,2}; the table has all three; a
+    finished seed is skipped; a single-seed run at the top of a run directory (the older layout) is continued in place."""
+    calls = []
+    monkeypatch.setattr(calibrate.subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 0)
+    data = tmp_path / "scene-play-v0.npz"
+    data.write_bytes(b"")
+    out = tmp_path / "out"
+    common = ["--task", "scene-play-task1", "--algos", "fql", "--dataset-path", str(data), "--hidden-dims", "64",
+              "--num-qs", "2", "--out", str(out)]
+    calibrate.main(common + ["--seeds", "0"])
+    calibrate.main(common + ["--seeds", "1", "2"])
+    run_dir = calls[0][calls[0].index("--run-dir") + 1]
+    assert run_dir.endswith("seed0") and calls[1][calls[1].index("--run-dir") + 1] == os.path.dirname(run_dir)
+    assert calls[1][calls[1].index("--num-seeds") + 1] == "2"
+    write_run(os.path.dirname(run_dir), {0: {50000: 0.5}, 1: {50000: 0.7}, 2: {50000: 0.9}})
+    for s in (0, 1, 2):
+        with open(os.path.join(os.path.dirname(run_dir), f"seed{s}", "args.json"), "w") as f:
+            json.dump({"seed": s}, f)
+        open(os.path.join(os.path.dirname(run_dir), f"seed{s}", "summary.json"), "w").close()
+    calibrate.main(common + ["--seeds", "0"])  # finished: nothing runs
+    assert len(calls) == 2
+    rows = json.load(open(out / "calibration.json"))
+    assert [(r["seeds"], r["success"]) for r in rows] == [([0, 1, 2], [50.0, 70.0, 90.0])]
+    assert len(open(os.path.join(os.path.dirname(run_dir), "calibrate_cmd.txt")).read().splitlines()) == 2
+    # the older layout: seed 0 at the top of the run directory; it is continued there, and seeds beside it are counted
+    legacy = tmp_path / "legacy" / "scene-play-task1" / "qam" / "fql" / os.path.basename(os.path.dirname(run_dir))
+    legacy.mkdir(parents=True)
+    (legacy / "args.json").write_text(json.dumps({"seed": 0}))
+    calibrate.main(common[:-1] + [str(tmp_path / "legacy"), "--seeds", "0"])
+    assert calls[-1][calls[-1].index("--run-dir") + 1] == str(legacy)
+    with open(legacy / "eval.csv", "w") as f:
+        f.write("phase,step,success,return\noffline,50000,0.25,-1\n")
+    write_run(str(legacy), {1: {50000: 0.75}})
+    assert sorted(calibrate.seed_dirs(str(legacy))) == [0, 1]
