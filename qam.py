@@ -38,6 +38,9 @@ class Args(RunArgs):
     """lean adjoint (7): the authors' recursion (paper) or the exact discrete adjoint of the base chain (7')"""
     inv_temp: Optional[float] = None
     """beta, the inverse temperature on the critic gradient (6) (default per domain, docs/BASELINES.md)"""
+    fresh_policy: bool = False
+    """start the fine-tuned flow from its own random init instead of the BC flow: what the authors' QAM does with no BC
+    stage (QAM's protocol; their create() initializes actor_fast apart from actor_slow)"""
 
 
 # QAM's per-domain inverse temperature (docs/BASELINES.md, per-domain table; the QAM authors' reproduce script).
@@ -314,10 +317,15 @@ def optimizer(args: Args) -> optax.GradientTransformation:
 
 
 def init_state(args: Args, nets: Networks, obs_dim: int, key: jax.Array, flow: dict) -> TrainState:
-    """All three flows start from the BC flow; the critic is fresh and its target a copy of it."""
+    """The base, its target and the policy start from the BC flow (the policy from its own init with --fresh-policy);
+    the critic is fresh and its target a copy of it."""
     k_q, k_rng = jax.random.split(key)
     critic = nets.critic.init(k_q, jnp.zeros((1, obs_dim)), jnp.zeros((1, nets.actor.action_dim)))["params"]
-    params = {"critic": critic, "base": flow, "policy": flow}
+    policy = flow
+    if args.fresh_policy:
+        k_rng, k_pi = jax.random.split(k_rng)
+        policy = nets.actor.init(k_pi, jnp.zeros((1, obs_dim)), jnp.zeros((1, nets.actor.action_dim)), jnp.zeros((1, 1)))["params"]
+    params = {"critic": critic, "base": flow, "policy": policy}
     return TrainState(params, {"critic": critic, "base": flow}, optimizer(args).init(params), k_rng)
 
 

@@ -38,6 +38,8 @@ TABLE: list[tuple[str, str, str, Any, str]] = [
     ("qam", "batch_size", "*", 256, QAM_SRC),
     ("qam", "flow_steps", "*", 10, "QAM repo agents/qam.py"),
     ("qam", "eval_episodes", "*", 50, "QAM repo main.py"),
+    ("qam", "fresh_policy", "*", True, "QAM repo agents/qam.py create(): with no BC stage the fine-tuned flow (actor_fast) "
+                                       "has its own random init, apart from the BC flow (actor_slow)"),
     ("*", "knob:qam", "*", 0.3, "QAM repo agents/qam.py default"),
     ("*", "knob:qam", "scene cube-double cube-quadruple", 1.0, QAM_SRC),
     ("*", "knob:qam", "puzzle-3x3 cube-triple antmaze-giant humanoidmaze", 3.0, QAM_SRC),
@@ -72,6 +74,7 @@ TABLE: list[tuple[str, str, str, Any, str]] = [
 ]
 
 KNOBS = {"qam": "--inv-temp", "fql": "--alpha", "trqam": "--kl-budget", "sqam": "--kl-budget"}  # the flag each knob:<algo> row sets
+ONLY = {"fresh_policy": {"qam"}}  # settings that are one script's own flag: passed to that script only
 PROTOCOLS = tuple(dict.fromkeys(p for p, *_ in TABLE if p != "*"))  # a "*" row belongs to every protocol
 
 
@@ -94,6 +97,8 @@ def flags(values: dict[str, Any], algo: str) -> list[str]:
     """The command-line flags of a settings dict (values only) for ``algo``'s script."""
     out: list[str] = []
     for key, value in values.items():
+        if key in ONLY and algo not in ONLY[key]:
+            continue
         if key.startswith("knob:"):
             if key == f"knob:{algo}" and algo in KNOBS:
                 out += [KNOBS[algo], str(value)]
@@ -103,8 +108,8 @@ def flags(values: dict[str, Any], algo: str) -> list[str]:
             out += ["--actor-hidden-dims", *dims, "--value-hidden-dims", *dims]
         elif key in ("actor_hidden_dims", "value_hidden_dims"):
             out += ["--" + key.replace("_", "-"), *map(str, value)]
-        elif key == "sparse":
-            out += ["--sparse" if value else "--no-sparse"]
+        elif isinstance(value, bool):  # sparse, fresh_policy: tyro's --flag / --no-flag
+            out += ["--" + ("" if value else "no-") + key.replace("_", "-")]
         else:
             out += ["--" + key.replace("_", "-"), str(value)]
     return out

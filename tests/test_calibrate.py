@@ -56,6 +56,10 @@ def test_flags_of_a_protocol():
     assert f[f.index("--actor-hidden-dims") + 1: f.index("--actor-hidden-dims") + 5] == ["512"] * 4
     g = flags(values("qam", "cube-double"), "fql")
     assert "--no-sparse" in g and g[g.index("--alpha") + 1] == "300.0" and "--inv-temp" not in g
+    # QAM's protocol starts qam.py's policy apart from its BC flow (the authors' create()); only qam.py has the flag
+    assert "--fresh-policy" in f and not any("fresh-policy" in x for x in g)
+    assert "--no-fresh-policy" in flags({**values("qam", "scene"), "fresh_policy": False}, "qam")
+    assert not any("fresh-policy" in x for x in flags(values("trqam", "scene"), "qam"))
     with pytest.raises(KeyError):
         settings("nope", "scene")
 

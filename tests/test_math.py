@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_trees_equal
 
 import qam
 import trqam
@@ -215,6 +216,25 @@ def test_trqam_loss_is_lam_eff_times_qam_loss_at_inverse_temperature(adjoint):
     np.testing.assert_allclose(mt["kl"], mq["kl"], rtol=1e-5)
     np.testing.assert_allclose(mt["critic_loss"], mq["critic_loss"], rtol=1e-6)
     assert float(mt["am_loss"]) > 0 and float(mt["kl"]) > 0
+
+
+def test_qam_fresh_policy_starts_apart_from_the_base():
+    """--fresh-policy (QAM's protocol: the authors' create() initializes actor_fast apart from actor_slow): the policy
+    gets its own init, the base, its target and the critic are what they are without it; by default the policy is the
+    BC flow itself."""
+    common = dict(actor_hidden_dims=(16, 16), value_hidden_dims=(16, 16), num_qs=2, horizon=2, flow_steps=K)
+    a, af = qam.Args(**common, inv_temp=1.0), qam.Args(**common, inv_temp=1.0, fresh_policy=True)
+    nets = qam.make_networks(a, 4)
+    flow = qam.bc_init(a, nets, OBS, jax.random.PRNGKey(1)).params
+    st, sf = (qam.init_state(x, nets, OBS, jax.random.PRNGKey(0), flow) for x in (a, af))
+    assert_trees_equal(st.params["policy"], flow)
+    assert_trees_equal(sf.params["base"], flow)
+    assert_trees_equal(sf.target, st.target)
+    assert_trees_equal(sf.params["critic"], st.params["critic"])
+    assert jax.tree.structure(sf.params["policy"]) == jax.tree.structure(flow)
+    kernels = [(path, float(jnp.abs(p - q).max())) for (path, p), q in
+               zip(jax.tree_util.tree_leaves_with_path(sf.params["policy"]), jax.tree.leaves(flow), strict=True) if "kernel" in str(path)]
+    assert kernels and all(d > 0 for _, d in kernels), kernels
 
 
 def test_adjoint_matching_minimiser():
