@@ -324,7 +324,7 @@ def init_state(args: Args, nets: Networks, obs_dim: int, key: jax.Array, flow: d
     policy = flow
     if args.fresh_policy:
         k_rng, k_pi = jax.random.split(k_rng)
-        policy = nets.actor.init(k_pi, jnp.zeros((1, obs_dim)), jnp.zeros((1, nets.actor.action_dim)), jnp.zeros((1, 1)))["params"]
+        policy = bc_init(args, nets, obs_dim, k_pi).params  # a new flow, initialised as the BC flow is
     params = {"critic": critic, "base": flow, "policy": policy}
     return TrainState(params, {"critic": critic, "base": flow}, optimizer(args).init(params), k_rng)
 
