@@ -128,10 +128,11 @@ def run_algo(a, task: str, env: str, task_id: int, domain: str, algo: str, chang
     # every seed in its own RUN_DIR/seed<N>, whichever command ran it: a single seed is passed its seed directory (the
     # script writes a single seed into --run-dir itself), so a later --seeds 1 2 adds seeds beside it; a run directory
     # that already holds a single seed at its top (made before this layout) is continued where it is
-    legacy = len(a.seeds) == 1 and os.path.exists(os.path.join(run_dir, "args.json"))
-    target = run_dir if len(a.seeds) > 1 or legacy else os.path.join(run_dir, f"seed{a.seeds[0]}")
-    if all(os.path.exists(os.path.join(run_dir if legacy else os.path.join(run_dir, f"seed{s}"), "summary.json"))
-           for s in a.seeds):
+    top = os.path.join(run_dir, "args.json")
+    legacy = len(a.seeds) == 1 and os.path.exists(top) and json.load(open(top)).get("seed", 0) == a.seeds[0]
+    seed_dir = (lambda s: run_dir) if legacy else (lambda s: os.path.join(run_dir, f"seed{s}"))
+    target = run_dir if len(a.seeds) > 1 else seed_dir(a.seeds[0])
+    if all(os.path.exists(os.path.join(seed_dir(s), "summary.json")) for s in a.seeds):
         print(f"{algo} {variant(a, changes)}: finished, skipped", flush=True)
         return
     cmd = [sys.executable, entry.script, *entry.flags, "--env-id", env, "--task-id", str(task_id), "--dataset-path", data,

@@ -187,6 +187,8 @@ def test_seeds_added_by_later_commands_land_beside_each_other(tmp_path, monkeypa
     (legacy / "args.json").write_text(json.dumps({"seed": 0}))
     calibrate.main(common[:-1] + [str(tmp_path / "legacy"), "--seeds", "0"])
     assert calls[-1][calls[-1].index("--run-dir") + 1] == str(legacy)
+    calibrate.main(common[:-1] + [str(tmp_path / "legacy"), "--seeds", "3"])  # another single seed: its own directory
+    assert calls[-1][calls[-1].index("--run-dir") + 1] == str(legacy / "seed3")
     with open(legacy / "eval.csv", "w") as f:
         f.write("phase,step,success,return\noffline,50000,0.25,-1\n")
     write_run(str(legacy), {1: {50000: 0.75}})
