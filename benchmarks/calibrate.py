@@ -39,7 +39,7 @@ import time
 
 from experiments.algorithms import ALGORITHMS
 from experiments.job import die_with_parent
-from experiments.protocols import PROTOCOLS, flags, settings
+from experiments.protocols import KNOBS, PROTOCOLS, flags, settings
 from utils.runlog import SESSIONS_FILE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -293,7 +293,10 @@ def main(argv: list[str] | None = None) -> None:
             env, task_id, domain = parse_task(task)
             known = settings(a.protocol, domain)
             if bad := [k for k in changes if k not in known]:
-                sys.exit(f"error: --set {bad[0]}: not a setting of protocol '{a.protocol}' (known: {', '.join(sorted(known))})")
+                flag = "--" + bad[0].replace("_", "-")
+                hint = [f"; {flag} is set as knob:{alg}" for alg, f in KNOBS.items() if f == flag]
+                sys.exit(f"error: --set {bad[0]}: not a setting of protocol '{a.protocol}' "
+                         f"(known: {', '.join(sorted(known))}){''.join(hint[:1])}")
             data = dataset(a, env)
             for algo in a.algos:
                 run_algo(a, task, env, task_id, domain, algo, changes, data)

@@ -193,3 +193,10 @@ def test_seeds_added_by_later_commands_land_beside_each_other(tmp_path, monkeypa
         f.write("phase,step,success,return\noffline,50000,0.25,-1\n")
     write_run(str(legacy), {1: {50000: 0.75}})
     assert sorted(calibrate.seed_dirs(str(legacy))) == [0, 1]
+
+
+def test_an_unknown_setting_is_one_line_naming_the_knob():
+    with pytest.raises(SystemExit, match=r"--set inv_temp: not a setting .*--inv-temp is set as knob:qam$"):
+        calibrate.main(["--set", "inv_temp=10"])
+    with pytest.raises(SystemExit, match=r"--set nope: not a setting of protocol 'qam' \(known: [^)]*\)$"):
+        calibrate.main(["--set", "nope=1"])
