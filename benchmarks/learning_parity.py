@@ -14,7 +14,8 @@ wandb off; its docstring lists all it does). Nothing of theirs is copied here.
 QAM's released protocol (no BC stage: the BC flow trains beside the policy from scratch; sparse rewards; gamma 0.99) is
 ``--bc-steps 0 --sparse --discount 0.99``: neither side runs a BC stage then, and the authors' side is their
 ``main.py`` with ``agents/qam.py`` and no ``--pretrained_actor_path`` (that file is the QAM authors' agent with only its
-default discount changed, github ColinQiyangLi/qam at f93efd2), e.g.
+default discount changed, github ColinQiyangLi/qam at f93efd2); our QAM gets ``--fresh-policy`` then, as their
+``create()`` starts the policy from its own init, apart from the BC flow. E.g.
 
     python benchmarks/learning_parity.py --peer-git /path/to/yonghdong-trqam.git --out runs/parity-qam \
         --env-id scene-play --task-id 1 --dataset-path DATA/scene-play-v0.npz --sparse --discount 0.99 --bc-steps 0 \
@@ -114,6 +115,8 @@ def ours(a, data: str) -> dict:
     flow = os.path.join(seed_dir(bc_dir, "{seed}"), "pretrained.msgpack")
     pre = ["--pretrained-path", flow] if a.bc_steps > 0 else ["--pretrain-steps", "0"]
     knobs = {"trqam": ["--kl-budget", str(a.kl_budget)], "qam": ["--inv-temp", str(a.inv_temp)]}
+    if a.bc_steps == 0:  # the authors' QAM create() then starts the policy from its own init, apart from the BC flow
+        knobs["qam"].append("--fresh-policy")
     out = {}
     for algo in list(a.algos) + list(a.ours_extra):
         script = [ALGORITHMS[algo].script, *ALGORITHMS[algo].flags]

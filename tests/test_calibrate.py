@@ -200,3 +200,23 @@ def test_an_unknown_setting_is_one_line_naming_the_knob():
         calibrate.main(["--set", "inv_temp=10"])
     with pytest.raises(SystemExit, match=r"--set nope: not a setting of protocol 'qam' \(known: [^)]*\)$"):
         calibrate.main(["--set", "nope=1"])
+
+
+def test_learning_parity_gives_our_qam_its_own_init_without_a_bc_stage(tmp_path, monkeypatch):
+    """With --bc-steps 0 the authors' QAM create() starts the policy apart from the BC flow; our side must too."""
+    from types import SimpleNamespace
+    from benchmarks import learning_parity as lp
+    cmds = []
+    monkeypatch.setattr(lp, "sh", lambda cmd, log, **kw: cmds.append(cmd) or 0.0)
+    monkeypatch.setattr(lp, "ours_rows", lambda run_dir: {})
+    a = SimpleNamespace(out=str(tmp_path), env_id="scene-play", task_id=1, seeds=[0], hidden_dims=[128, 128],
+                        value_hidden_dims=[128, 128], num_qs=2, eval_episodes=5, log_interval=1000, horizon=5,
+                        sparse=True, discount=0.99, bc_steps=0, steps=10, eval_interval=10, kl_budget=1.0,
+                        inv_temp=1.0, algos=["qam", "trqam"], ours_extra=[])
+    lp.ours(a, "DATA.npz")
+    by = {c[1]: c for c in cmds}
+    assert "--fresh-policy" in by["qam.py"] and "--fresh-policy" not in by["trqam.py"]
+    cmds.clear()
+    a.bc_steps, a.out = 5, str(tmp_path / "bc")
+    lp.ours(a, "DATA.npz")
+    assert not any("--fresh-policy" in c for c in cmds) and any("--pretrained-path" in c for c in cmds)
