@@ -294,9 +294,9 @@ def main(argv: list[str] | None = None) -> None:
             known = settings(a.protocol, domain)
             if bad := [k for k in changes if k not in known]:
                 flag = "--" + bad[0].replace("_", "-")
-                hint = [f"; {flag} is set as knob:{alg}" for alg, f in KNOBS.items() if f == flag]
+                knobs = " / ".join(f"knob:{alg}" for alg, f in KNOBS.items() if f == flag)
                 sys.exit(f"error: --set {bad[0]}: not a setting of protocol '{a.protocol}' "
-                         f"(known: {', '.join(sorted(known))}){''.join(hint[:1])}")
+                         f"(known: {', '.join(sorted(known))}){f'; {flag} is set as {knobs}' if knobs else ''}")
             data = dataset(a, env)
             for algo in a.algos:
                 run_algo(a, task, env, task_id, domain, algo, changes, data)

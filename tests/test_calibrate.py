@@ -198,6 +198,8 @@ def test_seeds_added_by_later_commands_land_beside_each_other(tmp_path, monkeypa
 def test_an_unknown_setting_is_one_line_naming_the_knob():
     with pytest.raises(SystemExit, match=r"--set inv_temp: not a setting .*--inv-temp is set as knob:qam$"):
         calibrate.main(["--set", "inv_temp=10"])
+    with pytest.raises(SystemExit, match=r"--kl-budget is set as knob:trqam / knob:sqam$"):
+        calibrate.main(["--set", "kl_budget=2"])
     with pytest.raises(SystemExit, match=r"--set nope: not a setting of protocol 'qam' \(known: [^)]*\)$"):
         calibrate.main(["--set", "nope=1"])
 
