@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+from types import SimpleNamespace
 
 import pytest
 
 from benchmarks import calibrate
+from benchmarks import learning_parity as lp
 from experiments.protocols import PROTOCOLS, TABLE, flags, settings
 
 DOMAINS = ("antmaze-large", "antmaze-giant", "humanoidmaze-medium", "humanoidmaze-large", "scene", "puzzle-3x3",
@@ -206,8 +208,6 @@ def test_an_unknown_setting_is_one_line_naming_the_knob():
 
 def test_learning_parity_gives_our_qam_its_own_init_without_a_bc_stage(tmp_path, monkeypatch):
     """With --bc-steps 0 the authors' QAM create() starts the policy apart from the BC flow; our side must too."""
-    from types import SimpleNamespace
-    from benchmarks import learning_parity as lp
     cmds = []
     monkeypatch.setattr(lp, "sh", lambda cmd, log, **kw: cmds.append(cmd) or 0.0)
     monkeypatch.setattr(lp, "ours_rows", lambda run_dir: {})
