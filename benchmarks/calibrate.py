@@ -128,8 +128,7 @@ def run_algo(a, task: str, env: str, task_id: int, domain: str, algo: str, chang
     # every seed in its own RUN_DIR/seed<N>, whichever command ran it: a single seed is passed its seed directory (the
     # script writes a single seed into --run-dir itself), so a later --seeds 1 2 adds seeds beside it; a run directory
     # that already holds a single seed at its top (made before this layout) is continued where it is
-    top = os.path.join(run_dir, "args.json")
-    legacy = len(a.seeds) == 1 and os.path.exists(top) and json.load(open(top)).get("seed", 0) == a.seeds[0]
+    legacy = len(a.seeds) == 1 and top_seed(run_dir) == a.seeds[0]
     seed_dir = (lambda s: run_dir) if legacy else (lambda s: os.path.join(run_dir, f"seed{s}"))
     target = run_dir if len(a.seeds) > 1 else seed_dir(a.seeds[0])
     if all(os.path.exists(os.path.join(seed_dir(s), "summary.json")) for s in a.seeds):
@@ -160,12 +159,22 @@ def released_curves() -> dict[tuple[str, str, int], tuple[float, float, int]]:
         return {(r["task"], r["method"], int(r["step"])): (float(r["mean"]), float(r["std"]), int(r["n"])) for r in rows}
 
 
+def top_seed(run_dir: str) -> int | None:
+    """The seed of a single seed's run kept at the run directory's top (the layout before every seed had its own
+    directory), or None where there is none."""
+    path = os.path.join(run_dir, "args.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return int(json.load(f).get("seed", 0))
+
+
 def seed_dirs(run_dir: str) -> dict[int, str]:
     """seed -> directory for each seed of a run: its ``seed<N>`` dirs, and the run dir itself where it holds a single
-    seed's run (the layout before every seed had its own directory)."""
+    seed's run (the older layout)."""
     dirs = {int(d[4:]): os.path.join(run_dir, d) for d in os.listdir(run_dir) if re.fullmatch(r"seed\d+", d)}
-    if os.path.exists(os.path.join(run_dir, "eval.csv")):
-        dirs.setdefault(int(json.load(open(os.path.join(run_dir, "args.json"))).get("seed", 0)), run_dir)
+    if os.path.exists(os.path.join(run_dir, "eval.csv")) and (seed := top_seed(run_dir)) is not None:
+        dirs.setdefault(seed, run_dir)
     return dict(sorted(dirs.items()))
 
 
