@@ -55,13 +55,17 @@ def steps_to_success(rewards: np.ndarray, terminals: np.ndarray) -> np.ndarray:
     return out
 
 
-def chunk_starts(terminals: np.ndarray, horizon: int, count: int, seed: int) -> np.ndarray:
+def chunk_starts(terminals: np.ndarray, horizon: int, count: int, seed: int, among: np.ndarray | None = None) -> np.ndarray:
     """``count`` seeded row indices i whose chunk rows i .. i + horizon - 1 lie in one episode (no terminal before
-    the chunk's last row)."""
+    the chunk's last row); drawn from all rows, or from the rows where the boolean ``among`` is true."""
     rng = np.random.default_rng(seed)
     n = len(terminals)
     ends = np.flatnonzero(terminals)
-    idx = rng.integers(0, n - horizon + 1, 4 * count)
+    if among is None:
+        idx = rng.integers(0, n - horizon + 1, 4 * count)
+    else:
+        pool = np.flatnonzero(among[: n - horizon + 1])
+        idx = pool[rng.integers(0, len(pool), 4 * count)] if len(pool) else pool
     # the first terminal at or after i must not come before i + horizon - 1
     nxt = ends[np.minimum(np.searchsorted(ends, idx), len(ends) - 1)] if len(ends) else np.full_like(idx, n)
     ok = (nxt >= idx + horizon - 1) | (nxt < idx)
@@ -145,10 +149,12 @@ def rollouts(module, args, params: dict, env_name: str, chunk_dim: int, episodes
     return out
 
 
-def probe_run(run_dir: str, states: int, samples: int, seed: int = 0, algo: str | None = None, episodes: int = 0) -> list[dict]:
+def probe_run(run_dir: str, states: int, samples: int, seed: int = 0, algo: str | None = None, episodes: int = 0,
+              near_only: bool = False) -> list[dict]:
     """Every checkpoint of one seed's run directory, oldest first: ``[{"step": N, **probe(...)}, ...]``; with
     ``episodes``, the newest checkpoint's row also has the ``rollouts`` success of each policy. ``algo`` (qam or
-    trqam): the script that made the run; by default its --exp-name."""
+    trqam): the script that made the run; by default its --exp-name. ``near_only``: the states are drawn only among
+    those within ``NEAR`` steps of a success (a sparse-reward run), where the critic's choice of chunk decides most."""
     from utils import checkpoint
     from utils.data import full_env_name, load_file, make_env
     from utils.errors import UserError
@@ -167,8 +173,13 @@ def probe_run(run_dir: str, states: int, samples: int, seed: int = 0, algo: str 
     env = make_env(env_name)
     data = load_file(env, env_name, args.dataset_path, sparse=args.sparse)
     env.close()
-    idx = chunk_starts(data["terminals"], args.horizon, states, seed)
-    dist = steps_to_success(data["rewards"], data["terminals"])[idx] if args.sparse else np.full(len(idx), np.inf)
+    if near_only and not args.sparse:
+        raise UserError(f"{run_dir}: --near needs a sparse-reward run (its success rows are the rows with reward 0)")
+    to_go = steps_to_success(data["rewards"], data["terminals"]) if args.sparse else np.full(len(data["rewards"]), np.inf)
+    idx = chunk_starts(data["terminals"], args.horizon, states, seed, among=to_go < NEAR if near_only else None)
+    if not len(idx):
+        raise UserError(f"{run_dir}: no chunk starts within {NEAR} steps of a success in its dataset")
+    dist = to_go[idx]
     chunks = np.concatenate([data["actions"][idx + j] for j in range(args.horizon)], axis=1)
     ckpt_dir = os.path.join(run_dir, "checkpoints")
     steps = sorted(checkpoint.steps(ckpt_dir)) if os.path.isdir(ckpt_dir) else []
@@ -194,6 +205,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--algo", choices=SCRIPTS, default=None, help="the script of the runs (default: their --exp-name)")
     p.add_argument("--rollouts", type=int, default=0, metavar="E",
                    help="E evaluation episodes of policy, base, best_base, best_policy at the newest checkpoint (0: none)")
+    p.add_argument("--near", action="store_true",
+                   help=f"draw the states only among those within {NEAR} steps of a success (sparse-reward runs)")
     a = p.parse_args(argv)
     if min(a.states, a.samples) < 1 or a.rollouts < 0:
         sys.exit("error: --states and --samples must be positive, --rollouts non-negative")
@@ -203,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     done = []
     for d in a.run_dirs:
         try:
-            rows = probe_run(d, a.states, a.samples, a.seed, a.algo, a.rollouts)
+            rows = probe_run(d, a.states, a.samples, a.seed, a.algo, a.rollouts, a.near)
         except UserError as e:
             sys.exit(f"error: {e}")
         for r in rows:

@@ -22,6 +22,11 @@ def test_chunk_starts_stay_inside_episodes():
     idx = probe_policy.chunk_starts(terminals, 5, 200, 0)
     assert len(idx) > 50 and all(not terminals[i:i + 4].any() for i in idx)  # a terminal only at the chunk's last row
     assert {5, 15, 25} <= set(idx.tolist()) and not {6, 7, 8, 9} & set(idx.tolist())
+    among = np.zeros(30, bool)
+    among[[2, 7, 12, 27]] = True  # 7 starts a chunk that crosses the end of its episode (row 9)
+    idx = probe_policy.chunk_starts(terminals, 5, 50, 0, among=among)
+    assert set(idx.tolist()) == {2, 12} and len(idx) == 50  # 27 + 4 = 31 runs past the data
+    assert len(probe_policy.chunk_starts(terminals, 5, 10, 0, among=np.zeros(30, bool))) == 0
 
 
 def test_steps_to_success_by_hand():
@@ -54,6 +59,8 @@ def test_probe_of_a_policy_that_is_its_base_and_of_one_that_is_not(tiny_dataset,
 
     with pytest.raises(SystemExit, match="no readable args.json"):
         probe_policy.main([str(tmp_path)])
+    with pytest.raises(SystemExit, match="--near needs a sparse-reward run"):
+        probe_policy.main([str(run), "--near"])
 
 
 def test_rollout_policies_pick_the_critics_best_chunk(tiny_dataset):
