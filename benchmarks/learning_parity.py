@@ -102,7 +102,7 @@ def ours(a, data: str) -> dict:
     common = ["--env-id", a.env_id, "--task-id", str(a.task_id), "--dataset-path", data, "--seed", str(a.seeds[0]),
               "--num-seeds", str(len(a.seeds)), "--actor-hidden-dims", *map(str, a.hidden_dims), "--value-hidden-dims",
               *map(str, a.value_hidden_dims), "--num-qs", str(a.num_qs), "--eval-episodes", str(a.eval_episodes),
-              "--log-interval", str(a.log_interval), "--checkpoint-interval", str(a.steps)]
+              "--log-interval", str(a.log_interval), "--checkpoint-interval", str(a.checkpoint_interval or a.steps)]
     seed_dir = (lambda d, s: os.path.join(d, f"seed{s}")) if len(a.seeds) > 1 else (lambda d, s: d)
     common += ["--sparse" if a.sparse else "--no-sparse", "--discount", str(a.discount)]
     bc_dir = os.path.join(base, "bc")
@@ -205,7 +205,7 @@ def peer(a, data: str) -> dict:
                 wall = sh([py, "main.py", f"--run_group={group}", f"--agent=agents/{algo}.py", f"--tags={algo}", f"--seed={s}",
                            *common, *([f"--pretrained_actor_path={bc[0]}"] if a.bc_steps > 0 else []), f"--offline_steps={a.steps}",
                            f"--eval_interval={a.eval_interval}", f"--eval_episodes={a.eval_episodes}",
-                           f"--save_interval={a.steps}", *knobs[algo]],
+                           f"--save_interval={a.checkpoint_interval or a.steps}", *knobs[algo]],
                           os.path.join(a.out, f"peer_{group}.log"), env=env, cwd=src)
                 print(f"peer: {algo} seed {s} took {wall / 60:.1f} min", flush=True)
                 done = glob.glob(os.path.join(base, "trqam", group, env_name, "*", "token.tk"))
@@ -276,6 +276,10 @@ def main() -> None:
     p.add_argument("--eval-interval", type=int, default=10000)
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--log-interval", type=int, default=1000)
+    p.add_argument("--checkpoint-interval", type=int, default=0,
+                   help="checkpoint both sides every N updates, so a stopped run continues from the newest when rerun "
+                        "(the authors' main.py restores its agent; its batch sampler starts again from its seed) "
+                        "(0: only at the end)")
     p.add_argument("--hidden-dims", type=int, nargs="+", default=[128, 128], help="actor and critic MLP widths")
     p.add_argument("--value-hidden-dims", type=int, nargs="+", default=None, help="the critic's widths alone (default: --hidden-dims)")
     p.add_argument("--num-qs", type=int, default=2)
@@ -288,6 +292,8 @@ def main() -> None:
     p.add_argument("--sides", nargs="+", default=["peer", "ours"], choices=["peer", "ours"])
     a = p.parse_args()
     a.value_hidden_dims = a.value_hidden_dims or a.hidden_dims
+    if a.checkpoint_interval < 0:
+        sys.exit("learning_parity: --checkpoint-interval must be 0 (only at the end) or positive")
     if "peer" in a.sides and not a.peer_git:
         sys.exit("learning_parity: --peer-git is needed to run the authors' side (or pass --sides ours)")
     a.out = os.path.abspath(a.out)

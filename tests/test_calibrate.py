@@ -214,11 +214,32 @@ def test_learning_parity_gives_our_qam_its_own_init_without_a_bc_stage(tmp_path,
     a = SimpleNamespace(out=str(tmp_path), env_id="scene-play", task_id=1, seeds=[0], hidden_dims=[128, 128],
                         value_hidden_dims=[128, 128], num_qs=2, eval_episodes=5, log_interval=1000, horizon=5,
                         sparse=True, discount=0.99, bc_steps=0, steps=10, eval_interval=10, kl_budget=1.0,
-                        inv_temp=1.0, algos=["qam", "trqam"], ours_extra=[])
+                        inv_temp=1.0, algos=["qam", "trqam"], ours_extra=[], checkpoint_interval=0)
     lp.ours(a, "DATA.npz")
     by = {c[1]: c for c in cmds}
     assert "--fresh-policy" in by["qam.py"] and "--fresh-policy" not in by["trqam.py"]
+    assert by["qam.py"][by["qam.py"].index("--checkpoint-interval") + 1] == "10"  # 0: only at the end
     cmds.clear()
     a.bc_steps, a.out = 5, str(tmp_path / "bc")
     lp.ours(a, "DATA.npz")
     assert not any("--fresh-policy" in c for c in cmds) and any("--pretrained-path" in c for c in cmds)
+
+
+def test_learning_parity_checkpoints_the_authors_run_when_asked(tmp_path, monkeypatch):
+    """--checkpoint-interval reaches the authors' main.py as --save_interval, so a stopped peer run can continue."""
+    cmds = []
+    monkeypatch.setattr(lp, "sh", lambda cmd, log, **kw: cmds.append(cmd) or 0.0)
+    monkeypatch.setattr(lp, "peer_src", lambda a: str(tmp_path))
+    monkeypatch.setattr(lp, "peer_venv", lambda a: "python")
+    monkeypatch.setattr(lp, "peer_rows", lambda run_dir: {})
+    done = tmp_path / "peer" / "trqam" / "qam_s0" / "scene-play-singletask-task1-v0" / "x"
+    monkeypatch.setattr(lp.glob, "glob", lambda pattern: [str(done / "token.tk")] if cmds else [])
+    a = SimpleNamespace(out=str(tmp_path), env_id="scene-play", task_id=1, seeds=[0], hidden_dims=[512] * 4,
+                        value_hidden_dims=[512] * 4, num_qs=2, eval_episodes=5, log_interval=1000, horizon=5, sparse=True,
+                        discount=0.99, bc_steps=0, steps=50000, eval_interval=10000, kl_budget=1.0, inv_temp=1.0,
+                        algos=["qam"], checkpoint_interval=2000)
+    lp.peer(a, str(tmp_path / "DATA.npz"))
+    assert "--save_interval=2000" in cmds[0] and "--offline_steps=50000" in cmds[0]
+    a.checkpoint_interval, cmds[:] = 0, []
+    lp.peer(a, str(tmp_path / "DATA.npz"))
+    assert "--save_interval=50000" in cmds[0]
