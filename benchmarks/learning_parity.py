@@ -44,6 +44,7 @@ import csv
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -148,6 +149,10 @@ def ours_rows(run_dir: str) -> dict[int, dict]:
 
 # --------------------------------------------------------------------------------------- the authors' code
 def peer_src(a) -> str:
+    if a.peer_src:  # an extracted tree (a node without the git directory)
+        if not os.path.exists(os.path.join(a.peer_src, "main.py")):
+            sys.exit(f"learning_parity: --peer-src {a.peer_src} has no main.py (git archive HEAD of yonghdong/trqam)")
+        return os.path.abspath(a.peer_src)
     src = os.path.join(a.out, "peer-src")
     if not os.path.exists(os.path.join(src, "main.py")):
         os.makedirs(src, exist_ok=True)
@@ -160,7 +165,7 @@ def peer_src(a) -> str:
 
 
 def peer_venv(a) -> str:
-    py = a.peer_python
+    py = shutil.which(a.peer_python) or a.peer_python  # a path, or a name on PATH (a node's own python3)
     if os.path.exists(py):
         return py
     if not a.make_peer_venv:
@@ -179,7 +184,9 @@ def peer(a, data: str) -> dict:
     base = os.path.abspath(os.path.join(a.out, "peer"))
     env_name = f"{a.env_id}-singletask-task{a.task_id}-v0"
     dims, vdims = (("(" + ",".join(map(str, d)) + ("," if len(d) == 1 else "") + ")") for d in (a.hidden_dims, a.value_hidden_dims))
-    env = {"PYTHONPATH": SHIM, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "")}
+    # the shim first; then the caller's PYTHONPATH, where a node without network keeps the packages it brought
+    path = os.pathsep.join(p for p in (SHIM, os.environ.get("PYTHONPATH", "")) if p)
+    env = {"PYTHONPATH": path, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "")}
     common = [f"--env_name={env_name}", f"--sparse={a.sparse}", f"--agent.discount={a.discount}", f"--horizon_length={a.horizon}",
               f"--ogbench_dataset_dir={os.path.abspath(os.path.dirname(data))}", "--agent.action_chunking=True",
               f"--agent.actor_hidden_dims={dims}", f"--agent.value_hidden_dims={vdims}", f"--agent.num_qs={a.num_qs}",
@@ -217,7 +224,8 @@ def peer_rows(run_dir: str) -> dict[int, dict]:
     rows: dict[int, dict] = {}
     for r in read_csv(os.path.join(run_dir, "eval.csv")):
         rows[int(float(r["step"]))] = {"success": num(r.get("success")), "ret": None}
-    train = read_csv(os.path.join(run_dir, "offline_agent.csv"))
+    log = os.path.join(run_dir, "offline_agent.csv")  # absent when the run was shorter than --log-interval
+    train = read_csv(log) if os.path.exists(log) else []
     for step in rows:
         at = [r for r in train if int(float(r["step"])) == step]
         if at:
@@ -260,6 +268,7 @@ def table(a, results: dict) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--peer-git", help="git directory (clone or mirror) of yonghdong/trqam; needed with --sides peer")
+    p.add_argument("--peer-src", default=None, help="an extracted tree of yonghdong/trqam instead of --peer-git")
     p.add_argument("--peer-python", default="/tmp/peer-venv/bin/python", help="the peer's interpreter")
     p.add_argument("--make-peer-venv", action="store_true", help="create --peer-python's virtualenv if it is missing")
     p.add_argument("--out", default="runs/parity")
@@ -294,8 +303,8 @@ def main() -> None:
     a.value_hidden_dims = a.value_hidden_dims or a.hidden_dims
     if a.checkpoint_interval < 0:
         sys.exit("learning_parity: --checkpoint-interval must be 0 (only at the end) or positive")
-    if "peer" in a.sides and not a.peer_git:
-        sys.exit("learning_parity: --peer-git is needed to run the authors' side (or pass --sides ours)")
+    if "peer" in a.sides and not (a.peer_git or a.peer_src):
+        sys.exit("learning_parity: --peer-git or --peer-src is needed to run the authors' side (or pass --sides ours)")
     a.out = os.path.abspath(a.out)
     os.makedirs(a.out, exist_ok=True)
     data = dataset(a)

@@ -243,3 +243,13 @@ def test_learning_parity_checkpoints_the_authors_run_when_asked(tmp_path, monkey
     a.checkpoint_interval, cmds[:] = 0, []
     lp.peer(a, str(tmp_path / "DATA.npz"))
     assert "--save_interval=50000" in cmds[0]
+
+
+def test_learning_parity_runs_the_authors_tree_given_as_a_folder(tmp_path):
+    """--peer-src: an extracted tree (a node with no git directory) is used as it is, and one line when it is not one."""
+    a = SimpleNamespace(peer_src=str(tmp_path / "tree"), out=str(tmp_path / "out"), peer_git=None)
+    os.makedirs(a.peer_src)
+    with pytest.raises(SystemExit, match="has no main.py"):
+        lp.peer_src(a)
+    open(os.path.join(a.peer_src, "main.py"), "w").close()
+    assert lp.peer_src(a) == os.path.abspath(a.peer_src)

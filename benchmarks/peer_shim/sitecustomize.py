@@ -1,7 +1,7 @@
 """Lets the authors' TRQAM code (github yonghdong/trqam, MIT) run its own main.py on a node without network.
 
 Put this directory first on PYTHONPATH of the peer's interpreter (benchmarks/learning_parity.py does). It changes no
-line of their code and none of their numerics; it does exactly three things:
+line of their code and none of their numerics; it does exactly these things:
 
 1. Stands in modules that their main.py imports but that the OGBench path of TRQAM/QAM never calls, when they are not
    installed: ``distrax`` and ``tensorflow_probability`` (utils/networks.py, for Gaussian policies of other agents;
@@ -13,6 +13,8 @@ line of their code and none of their numerics; it does exactly three things:
    the disabled run's url is None (``f.write(None)`` would fail after all results are written).
 4. Drops the ``wandb.Settings`` keywords that the installed wandb no longer has (``start_method``, removed in
    wandb 0.2x; their setup_wandb passes it).
+5. Where wandb is not installed at all (a GPU node whose packages travel as wheels), stands in a module with the few
+   names their code touches (``_stand_in_wandb``); their CSV logs are all that is written, as with a disabled run.
 """
 
 import importlib.abc
@@ -99,7 +101,31 @@ def _patch_wandb():
     wandb.Settings = lambda **kwargs: settings(**{k: v for k, v in kwargs.items() if k in known})
 
 
+def _stand_in_wandb():
+    """Where wandb is not installed (a GPU node without network), a module with what their main.py and log_utils.py
+    touch: init (a run with its project and a url), log, finish, Settings, and the media classes their logger filters
+    out. Nothing is logged anywhere but their CSV files."""
+    mod = types.ModuleType("wandb")
+
+    class _Run:
+        url = "wandb-disabled"
+
+        def __init__(self, project=None, **kwargs):
+            self.project = project
+
+    def init(**kwargs):
+        mod.run = _Run(**kwargs)
+        return mod.run
+
+    mod.init, mod.run, mod.log, mod.finish = init, None, _noop, _noop
+    mod.Settings = lambda **kwargs: None
+    mod.config = types.SimpleNamespace(update=_noop)
+    for name in ("Image", "Video", "Histogram"):
+        setattr(mod, name, type(name, (), {}))
+    sys.modules["wandb"] = mod
+
+
 try:
     _patch_wandb()
-except ImportError:  # not the peer's interpreter
-    pass
+except ImportError:  # no wandb in this interpreter: the stand-in (their code imports it at the top of main.py)
+    _stand_in_wandb()
