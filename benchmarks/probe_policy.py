@@ -1,6 +1,6 @@
 """What a fine-tuned QAM or TRQAM policy does against its BC base, scored by the run's own critic.
 
-    python -m benchmarks.probe_policy RUN_DIR [RUN_DIR ...] [--states 1024] [--samples 32] [--rollouts E]
+    python -m benchmarks.probe_policy RUN_DIR [RUN_DIR ...] [--states 1024] [--samples 32] [--rollouts E] [--near]
 
 For each checkpoint of each run directory (a seed's directory of qam.py or trqam.py): on ``--states`` chunk-start
 states drawn from the run's dataset (seeded; chunks that cross an episode end are skipped), one chunk from the
@@ -24,7 +24,8 @@ policy) of four policies, success in %: ``policy`` (the fine-tuned flow, one sam
 does), ``base`` (its BC base, one sample), ``best_base`` (the best of ``--samples`` base chunks by the run's critic:
 IFQL's way of acting, with this run's critic) and ``best_policy`` (the same over fine-tuned chunks). best_base far above
 policy says the critic knows good chunks that the fine-tuning does not reach; both near base says the critic does not
-know them (docs/RESULTS.md §1 uses it on scene task 1).
+know them (docs/RESULTS.md §1 uses it on scene task 1). ``--near`` draws the states only among those within ``NEAR``
+steps of a success (sparse-reward runs): on scene 1% of a uniform draw, and where the critic's choice of chunk matters.
 """
 
 from __future__ import annotations
