@@ -34,11 +34,7 @@ if [ -d .gpu/whl ]; then
 fi
 export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1 MUJOCO_GL=${MUJOCO_GL:-egl}
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1; nproc; } >"$out/device.txt"
-step() {  # step NAME LIMIT_S CMD...: output in OUT/NAME.log, status and duration in OUT/steps.txt
-  local name=$1 limit=$2 t0=$SECONDS; shift 2
-  timeout "$limit" "$@" >"$out/$name.log" 2>&1
-  echo "$name rc=$? ${limit}s-limit took $((SECONDS - t0))s" | tee -a "$out/steps.txt"
-}
+source benchmarks/gpu_step.sh  # step NAME LIMIT_S CMD...
 
 data=$out/data file=$out/data/$env_id-v0.npz
 [ -f "$file" ] || step datagen "${LIMIT_DATA:-300}" $PY -m datagen --env-id "$env_id" --episodes "$EPISODES" --seed 0 \

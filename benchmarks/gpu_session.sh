@@ -23,11 +23,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$out/devi
 nproc >>"$out/device.txt"
 parts=${PARTS:-speed seeds slice eval}
 want() { [[ " $parts " == *" $1 "* ]]; }
-step() {  # step NAME LIMIT_S CMD...: output in OUT/NAME.log, status and duration in OUT/steps.txt
-  local name=$1 limit=$2 t0=$SECONDS; shift 2
-  timeout "$limit" "$@" >"$out/$name.log" 2>&1
-  echo "$name rc=$? ${limit}s-limit took $((SECONDS - t0))s" | tee -a "$out/steps.txt"
-}
+source benchmarks/gpu_step.sh  # step NAME LIMIT_S CMD...
 
 # 1. one seed, ours and the authors' in the same call (paper and small size), then seeds per dispatch (small size)
 want speed && step speed 170 python3 benchmarks/bench_update.py --algos ${SPEED_ALGOS:-trqam qam} --sizes ${SPEED_SIZES:-paper small} \
