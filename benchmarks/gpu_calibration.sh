@@ -25,7 +25,6 @@ PY=${PY:-python3} PEER_PY=${PEER_PY:-$PY}
 TASK=${TASK:-scene-play-task1} ALGOS=${ALGOS:-qam} SEEDS=${SEEDS:-0 1 2} STEPS=${STEPS:-50000}
 EPISODES=${EPISODES:-1000} HIDDEN=${HIDDEN:-512 512 512 512} NUM_QS=${NUM_QS:-10} PEER=${PEER:-1}
 env_id=${TASK%-task*} task_id=${TASK##*-task}
-case $env_id in puzzle-3x3-play) beta=3.0 ;; *) beta=1.0 ;; esac  # QAM's per-domain beta (benchmarks/calibrate.py)
 if [ -d .gpu/whl ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .gpu/whl/*.whl >"$out/pip.log" 2>&1 \
     || { echo "pip install of .gpu/whl failed (see $out/pip.log)" >&2; exit 1; }
@@ -47,11 +46,16 @@ step ours "${LIMIT_OURS:-480}" $PY -m benchmarks.calibrate --task "$TASK" --prot
   --checkpoint-interval 5000 --out "$out/calibration" &
 if [ "$PEER" = 1 ]; then
   [ -f .peer-src/main.py ] || { echo "no .peer-src/main.py: git archive HEAD of yonghdong/trqam into .peer-src" >&2; exit 1; }
+  # the authors' side in the same protocol: reward mode, discount and beta from the one protocol table
+  protocol=$($PY -c "from benchmarks.calibrate import parse_task; from experiments.protocols import settings
+s = {k: v for k, (v, _) in settings('qam', parse_task('$TASK')[2]).items()}
+print('--sparse' if s['sparse'] else '', '--discount', s['discount'], '--inv-temp', s['knob:qam'])") \
+    || { echo "no protocol row for $TASK" >&2; exit 1; }
   # shellcheck disable=SC2086
   step peer "${LIMIT_PEER:-480}" $PY -m benchmarks.learning_parity --peer-src .peer-src --peer-python "$PEER_PY" \
-    --out "$out/parity" --env-id "$env_id" --task-id "$task_id" --dataset-path "$file" --sparse --discount 0.99 \
+    --out "$out/parity" --env-id "$env_id" --task-id "$task_id" --dataset-path "$file" $protocol \
     --bc-steps 0 --seeds 0 --steps "$STEPS" --eval-interval "$STEPS" --eval-episodes 50 --hidden-dims $HIDDEN \
-    --num-qs "$NUM_QS" --inv-temp "$beta" --algos qam --sides peer --checkpoint-interval 5000 &
+    --num-qs "$NUM_QS" --algos qam --sides peer --checkpoint-interval 5000 &
 fi
 wait
 step report 120 $PY -m benchmarks.calibrate --out "$out/calibration" --report-only
