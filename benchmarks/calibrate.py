@@ -38,7 +38,7 @@ import sys
 import time
 
 from experiments.algorithms import ALGORITHMS
-from experiments.job import die_with_parent
+from experiments.job import checkout_env, die_with_parent
 from experiments.protocols import KNOBS, PROTOCOLS, flags, settings
 from utils.runlog import SESSIONS_FILE
 
@@ -146,7 +146,7 @@ def run_algo(a, task: str, env: str, task_id: int, domain: str, algo: str, chang
     print(f"{algo} {variant(a, changes)}: {' '.join(cmd[1:])}", flush=True)
     t0 = time.time()
     with open(os.path.join(run_dir, "stdout.log"), "a") as log:
-        rc = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+        rc = subprocess.call(cmd, cwd=ROOT, env=checkout_env(), stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
     if rc != 0:
         sys.exit(f"error: {algo} failed (exit {rc}); see {os.path.join(run_dir, 'stdout.log')}")
     print(f"{algo} {variant(a, changes)}: done in {(time.time() - t0) / 60:.1f} min", flush=True)

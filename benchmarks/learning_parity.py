@@ -50,7 +50,7 @@ import sys
 import time
 
 from experiments.algorithms import ALGORITHMS
-from experiments.job import die_with_parent
+from experiments.job import checkout_env, die_with_parent
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIM = os.path.join(ROOT, "benchmarks", "peer_shim")
@@ -61,7 +61,7 @@ def sh(cmd: list[str], log: str, env: dict | None = None, cwd: str | None = None
     """Run ``cmd`` with its output to ``log``; the wall time, or exit with the log's tail on failure."""
     t0 = time.time()
     with open(log, "w") as f:
-        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=cwd,
+        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env={**checkout_env(), **(env or {})}, cwd=cwd,
                              preexec_fn=die_with_parent)
     if rc != 0:
         with open(log) as f:
@@ -184,8 +184,10 @@ def peer(a, data: str) -> dict:
     base = os.path.abspath(os.path.join(a.out, "peer"))
     env_name = f"{a.env_id}-singletask-task{a.task_id}-v0"
     dims, vdims = (("(" + ",".join(map(str, d)) + ("," if len(d) == 1 else "") + ")") for d in (a.hidden_dims, a.value_hidden_dims))
-    # the shim first; then the caller's PYTHONPATH, where a node without network keeps the packages it brought
-    path = os.pathsep.join(p for p in (SHIM, os.environ.get("PYTHONPATH", "")) if p)
+    # the shim first; then the caller's PYTHONPATH, where a node without network keeps the packages it brought, less this
+    # checkout (their code has a `utils` package of its own)
+    path = os.pathsep.join([SHIM, *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                     if p and os.path.realpath(p) != os.path.realpath(ROOT))])
     env = {"PYTHONPATH": path, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "")}
     common = [f"--env_name={env_name}", f"--sparse={a.sparse}", f"--agent.discount={a.discount}", f"--horizon_length={a.horizon}",
               f"--ogbench_dataset_dir={os.path.abspath(os.path.dirname(data))}", "--agent.action_chunking=True",

@@ -17,6 +17,8 @@ import sys
 
 import numpy as np
 
+from experiments.job import checkout_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -44,7 +46,7 @@ def synthetic_file(path: str, env_name: str, rows: int, episode_len: int, seed: 
 def timed(module: str, args: dict, phase: str, memory: bool = False) -> dict[str, float]:
     """Run ``module``'s pipeline with ``args`` in a fresh process: {"steps_per_s"} over ``phase``'s train.csv rows,
     plus {"peak_rss_bytes", "peak_device_bytes"} with ``memory``."""
-    env = {**os.environ, "MUJOCO_GL": "disable"}
+    env = checkout_env({**os.environ, "MUJOCO_GL": "disable"})
     out = subprocess.run([sys.executable, os.path.abspath(__file__), module, json.dumps(args), phase, str(int(memory))],
                          capture_output=True, text=True, env=env, cwd=ROOT)
     if out.returncode != 0:

@@ -66,9 +66,19 @@ def _append_jsonl(path: str, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
+def checkout_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's) with this checkout first on PYTHONPATH, for a child that starts one of its
+    scripts by path (``python baselines/fql.py``): the child then imports this checkout's ``utils``, whichever checkout
+    the environment has installed (``utils`` refuses to run a script on another checkout's code)."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)])
+    return env
+
+
 def child_env(extra: dict[str, str], num_gpus: float) -> dict[str, str]:
-    """The worker's environment (Ray's CUDA_VISIBLE_DEVICES, OMP_NUM_THREADS) + the driver's forwarded variables."""
-    env = {**os.environ, **extra}
+    """The worker's environment (Ray's CUDA_VISIBLE_DEVICES, OMP_NUM_THREADS) + the driver's forwarded variables, with
+    this checkout first on PYTHONPATH."""
+    env = checkout_env({**os.environ, **extra})
     if num_gpus <= 0:
         env.setdefault("JAX_PLATFORMS", "cpu")
     elif num_gpus < 1:  # several runs share one GPU: each preallocates only its share
