@@ -22,7 +22,11 @@ made by separate commands land in one table): per task, protocol, algorithm and 
 success over seeds (mean ± std, and each seed), the released mean ± std over 12 seeds at the same step (where the
 release has that step: every 50K), and whether ours lies inside the released seeds' spread, taken as the released mean
 ± 2 std (about 95% of seeds for a normal spread; with 12 seeds the released std itself is uncertain by about 20%).
-TRQAM has no released curve: its rows are set against QAM's. ``--report-only`` rewrites the table without running.
+Steps are the fine-tuning's (``phase_step``), so a protocol with a BC stage lines up with a release that counts from the
+fine-tuning's start. The release of each protocol is a CSV (``experiments/released.py`` makes one from an authors'
+pickle): ``qam`` has QAM's, in the repository; ``--released trqam=FILE.csv`` adds one, e.g. from the SQAM authors'
+release, which holds TRQAM's own curves. A method its protocol's release lacks (TRQAM and SQAM in QAM's) is set
+against QAM's curve there, and says so. ``--report-only`` rewrites the table without running.
 """
 
 from __future__ import annotations
@@ -40,12 +44,14 @@ import time
 from experiments.algorithms import ALGORITHMS
 from experiments.job import checkout_env, die_with_parent
 from experiments.protocols import KNOBS, PROTOCOLS, flags, settings
+from experiments.released import Curves, load
 from utils.runlog import SESSIONS_FILE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RELEASED = os.path.join(ROOT, "experiments", "released_curves.csv")
+RELEASED = {"qam": os.path.join(ROOT, "experiments", "released_curves.csv")}  # protocol -> its release (a CSV)
 RELEASED_LABEL = {"qam": "QAM", "fql": "FQL", "qam-e": "QAM-E", "qam-f": "QAM-F", "cgql": "CGQL", "cgql-m": "CGQL-M",
-                  "cgql-l": "CGQL-L", "dsrl": "DSRL", "ifql": "IFQL", "rebrac": "ReBRAC", "trqam": "QAM", "sqam": "QAM"}
+                  "cgql-l": "CGQL-L", "dsrl": "DSRL", "ifql": "IFQL", "rebrac": "ReBRAC", "trqam": "TRQAM", "sqam": "SQAM"}
+STAND_IN = {"trqam": "QAM", "sqam": "QAM"}  # the released curve a method is set against where its own is not released
 TASK = re.compile(r"(?P<env>[a-z0-9-]+?)-task(?P<task>[1-5])$")
 
 
@@ -153,10 +159,21 @@ def run_algo(a, task: str, env: str, task_id: int, domain: str, algo: str, chang
 
 
 # ------------------------------------------------------------------------------------------------ the table
-def released_curves() -> dict[tuple[str, str, int], tuple[float, float, int]]:
-    with open(RELEASED) as f:
-        rows = csv.DictReader(line for line in f if not line.startswith("#"))
-        return {(r["task"], r["method"], int(r["step"])): (float(r["mean"]), float(r["std"]), int(r["n"])) for r in rows}
+def releases(extra: dict[str, str] | None = None) -> dict[str, Curves]:
+    """protocol -> its released curves: QAM's, and any ``--released PROTOCOL=CSV``."""
+    out = {}
+    for protocol, path in {**RELEASED, **(extra or {})}.items():
+        try:
+            out[protocol] = load(path)
+        except (OSError, ValueError) as e:
+            sys.exit(f"error: --released {protocol}={path}: {e}")
+    return out
+
+
+def released_label(algo: str, curves: Curves) -> str | None:
+    """The method a run of ``algo`` is set against in a release: its own, else its stand-in (QAM), else none."""
+    methods = {m for _, m, _ in curves}
+    return next((m for m in (RELEASED_LABEL.get(algo), STAND_IN.get(algo)) if m in methods), None)
 
 
 def top_seed(run_dir: str) -> int | None:
@@ -187,8 +204,8 @@ def seed_curves(run_dir: str) -> dict[int, dict[int, float]]:
             continue
         with open(path) as f:
             for r in csv.DictReader(f):
-                try:
-                    step, success = int(float(r["step"])), 100.0 * float(r["success"])
+                try:  # the fine-tuning's step: a BC stage before it is not counted (the releases count from its start)
+                    step, success = int(float(r.get("phase_step") or r["step"])), 100.0 * float(r["success"])
                 except (KeyError, ValueError):
                     print(f"warning: {path}: a row without a readable step/success is skipped", file=sys.stderr)
                     continue
@@ -220,8 +237,8 @@ def mean_std(xs: list[float]) -> tuple[float, float]:
     return m, (sum((x - m) ** 2 for x in xs) / len(xs)) ** 0.5
 
 
-def collect(out: str) -> list[dict]:
-    released = released_curves()
+def collect(out: str, released: dict[str, Curves] | None = None) -> list[dict]:
+    released = releases() if released is None else released
     rows = []
     for task in sorted(os.listdir(out)) if os.path.isdir(out) else []:
         if TASK.fullmatch(task) is None:
@@ -233,25 +250,29 @@ def collect(out: str) -> list[dict]:
                     if not os.path.isdir(run_dir):
                         continue
                     curves, code = seed_curves(run_dir), run_code(run_dir)
+                    release = released.get(protocol, {})
+                    label = released_label(algo, release)
                     steps = sorted({s for c in curves.values() for s in c})
                     for step in steps:
                         vals = [c[step] for c in curves.values() if step in c]
                         m, sd = mean_std(vals)
-                        rel = released.get((task, RELEASED_LABEL.get(algo, ""), step)) if protocol == "qam" else None
+                        rel = release.get((task, label, step)) if label else None
                         inside = None if rel is None else abs(m - rel[0]) <= 2 * rel[1] + 1e-9
                         rows.append({"task": task, "protocol": protocol, "algo": algo, "variant": var, "step": step,
                                      "seeds": sorted(s for s, c in curves.items() if step in c), "success": vals,
-                                     "mean": m, "std": sd, "released": rel, "released_method": RELEASED_LABEL.get(algo),
+                                     "mean": m, "std": sd, "released": rel, "released_method": label,
                                      "inside": inside, "code": code})
     return rows
 
 
-def write_report(out: str) -> str:
-    rows = collect(out)
+def write_report(out: str, released: dict[str, Curves] | None = None) -> str:
+    rows = collect(out, released)
     lines = ["# Calibration against the released learning curves", "",
-             "Success in % (mean ± std over seeds; each seed's in brackets). Released: QAM's released curves (12 seeds, "
-             "QAM's protocol; TRQAM and SQAM rows are set against QAM's curve). Inside: ours within the released mean ± 2 std. "
-             "Code: the git commit(s) that trained the run (its seeds' sessions.jsonl; – for a run older than that record).", "",
+             "Success in % at each fine-tuning step (mean ± std over seeds; then each seed's). Released: the curve of the "
+             "run's protocol's release at that step, mean ± std over its seeds, and the method it is (QAM's protocol: QAM's "
+             "release, 12 seeds; TRQAM and SQAM, not in it, are set against QAM's curve). Inside: ours within the released "
+             "mean ± 2 std. Code: the git commit(s) that trained the run (its seeds' sessions.jsonl; – for a run older than "
+             "that record).", "",
              "| task | protocol | algorithm | variant | step | ours | seeds | released | inside | code |",
              "|---|---|---|---|---:|---:|---|---:|:---:|---|"]
     for r in rows:
@@ -291,12 +312,21 @@ def main(argv: list[str] | None = None) -> None:
                    help="default: the evaluation interval; shorter loses less of a slow run that is stopped")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="dataset generation processes")
     p.add_argument("--out", default="runs/calibration")
+    p.add_argument("--released", nargs="*", default=[], metavar="PROTOCOL=CSV",
+                   help="a protocol's released curves (experiments/released.py makes one from an authors' pickle)")
     p.add_argument("--report-only", action="store_true")
     a = p.parse_args(argv)
     ckpt = 1 if a.checkpoint_interval is None else a.checkpoint_interval
     if min(a.steps, a.eval_interval, a.episodes, a.num_qs, *a.hidden_dims, *sum(widths(a), ()), ckpt) < 1:
         sys.exit("error: --steps, --eval-interval, --checkpoint-interval, --episodes, --num-qs and the hidden dims must be positive")
     changes = parse_set(a.set)
+    extra = {}
+    for item in a.released:
+        protocol, sep, path = item.partition("=")
+        if not sep or protocol not in PROTOCOLS or not path:
+            sys.exit(f"error: --released '{item}': expected PROTOCOL=CSV with a protocol of {', '.join(PROTOCOLS)}")
+        extra[protocol] = path
+    released = releases(extra)  # read before any run: a bad file is one line now, not after hours of training
     if not a.report_only:
         for task in a.task:
             env, task_id, domain = parse_task(task)
@@ -309,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
             data = dataset(a, env)
             for algo in a.algos:
                 run_algo(a, task, env, task_id, domain, algo, changes, data)
-    print(write_report(a.out))
+    print(write_report(a.out, released))
 
 
 if __name__ == "__main__":

@@ -129,7 +129,7 @@ def test_separate_flow_and_critic_widths(tmp_path, monkeypatch):
     """--value-hidden-dims alone widens the critic and leaves the flow at --hidden-dims; the variant names both."""
     calls = []
     monkeypatch.setattr(calibrate.subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 0)
-    monkeypatch.setattr(calibrate, "write_report", lambda out: "")
+    monkeypatch.setattr(calibrate, "write_report", lambda out, released=None: "")
     data = tmp_path / "scene-play-v0.npz"
     data.write_bytes(b"")
     common = ["--task", "scene-play-task1", "--algos", "qam", "--seeds", "0", "--dataset-path", str(data),
@@ -253,3 +253,30 @@ def test_learning_parity_runs_the_authors_tree_given_as_a_folder(tmp_path):
         lp.peer_src(a)
     open(os.path.join(a.peer_src, "main.py"), "w").close()
     assert lp.peer_src(a) == os.path.abspath(a.peer_src)
+
+
+def test_a_protocols_own_release_and_the_fine_tuning_steps(tmp_path):
+    """TRQAM's protocol with --released trqam=CSV: TRQAM against its own curve at the fine-tuning's steps (phase_step: the
+    300K BC steps before it are not counted); in QAM's protocol TRQAM stands against QAM's curve, named so."""
+    rel = tmp_path / "released_trqam.csv"
+    rel.write_text("# the SQAM release\ntask,method,step,mean,std,n\nscene-play-task1,TRQAM,0,10.0,5.0,8\n"
+                   "scene-play-task1,TRQAM,50000,70.0,10.0,8\n")
+    out = tmp_path / "out"
+    d = out / "scene-play-task1" / "trqam" / "trqam" / "h512x4" / "seed0"
+    d.mkdir(parents=True)
+    (d / "eval.csv").write_text("step,phase,phase_step,success,return\n300000,offline,0,0.1,-1\n350000,offline,50000,0.4,-1\n")
+    write_run(str(out / "scene-play-task1" / "qam" / "trqam" / "h512x4"), {0: {50000: 0.95}})
+    calibrate.main(["--report-only", "--out", str(out), "--released", f"trqam={rel}"])
+    at = {(r["protocol"], r["step"]): r for r in json.load(open(out / "calibration.json"))}
+    assert set(at) == {("trqam", 0), ("trqam", 50000), ("qam", 50000)}
+    own = at[("trqam", 50000)]
+    assert own["released"] == [70.0, 10.0, 8] and own["released_method"] == "TRQAM" and own["inside"] is False  # 40 < 70 - 20
+    assert at[("trqam", 0)]["inside"] is True
+    assert at[("qam", 50000)]["released_method"] == "QAM" and at[("qam", 50000)]["released"][0] == pytest.approx(90.3)
+    calibrate.main(["--report-only", "--out", str(out)])  # without it, TRQAM's protocol has no release
+    assert all(r["released"] is None for r in json.load(open(out / "calibration.json")) if r["protocol"] == "trqam")
+    for bad in (f"nope={rel}", str(rel), "trqam="):
+        with pytest.raises(SystemExit, match="expected PROTOCOL=CSV"):
+            calibrate.main(["--report-only", "--out", str(out), "--released", bad])
+    with pytest.raises(SystemExit, match="--released trqam=.*missing.csv"):
+        calibrate.main(["--report-only", "--out", str(out), "--released", f"trqam={tmp_path / 'missing.csv'}"])
