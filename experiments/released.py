@@ -7,7 +7,7 @@ an array ``(evaluations, seeds)`` of success in [0, 1], one row every 50K steps 
 QAM release's 30 rows start at 50K, the SQAM release's 31 at step 0 (the fine-tuning's start, after the BC stage).
 
     python -m experiments.released qam-exp-data.pkl --out experiments/released_curves.csv \
-        --methods QAM QAM-E QAM-F FQL ...                     # how experiments/released_curves.csv was made
+        --methods QAM QAM-E QAM-F FQL IFQL DSRL CGQL CGQL-M CGQL-L ReBRAC      # this file's rows, row for row
     python -m experiments.released sqam-exp-data.pkl --out runs/released_trqam.csv --methods TRQAM SQAM QAM FQL
     python -m benchmarks.calibrate --protocol trqam --released trqam=runs/released_trqam.csv ...
 
@@ -23,6 +23,8 @@ import os
 import pickle
 import re
 import sys
+
+import numpy as np
 
 SPAN = 1_500_000  # both releases: 1M offline + 500K online steps, one row every 50K
 EVERY = 50_000
@@ -52,8 +54,6 @@ def first_step(evaluations: int) -> int:
 def from_release(data: dict, methods: list[str] | None = None, rename: dict[str, str] | None = None,
                  start: int | None = None) -> list[dict]:
     """The task rows of a release dict, for ``methods`` (default: all) under their ``rename``d names."""
-    import numpy as np
-
     rename = rename or {}
     out = []
     for (name, method), values in sorted(data.items()):
