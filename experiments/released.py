@@ -7,7 +7,7 @@ an array ``(evaluations, seeds)`` of success in [0, 1], one row every 50K steps 
 QAM release's 30 rows start at 50K, the SQAM release's 31 at step 0 (the fine-tuning's start, after the BC stage).
 
     python -m experiments.released qam-exp-data.pkl --out experiments/released_curves.csv \
-        --methods QAM QAM-E QAM-F FQL IFQL DSRL CGQL CGQL-M CGQL-L ReBRAC      # this file's rows, row for row
+        --methods QAM QAM-E QAM-F FQL IFQL DSRL CGQL CGQL-M CGQL-L ReBRAC      # gives that file's rows exactly
     python -m experiments.released sqam-exp-data.pkl --out runs/released_trqam.csv --methods TRQAM SQAM QAM FQL
     python -m benchmarks.calibrate --protocol trqam --released trqam=runs/released_trqam.csv ...
 
