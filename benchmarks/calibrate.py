@@ -265,7 +265,9 @@ def collect(out: str, released: dict[str, Curves] | None = None) -> list[dict]:
     return rows
 
 
-def write_report(out: str, released: dict[str, Curves] | None = None) -> str:
+def write_report(out: str, released: dict[str, Curves] | None = None, figure: str | None = None) -> str:
+    """OUT/calibration.md and .json over every run under OUT; with ``figure``, OUT/calibration.png of the runs whose
+    variant contains it (``""``: all)."""
     rows = collect(out, released)
     lines = ["# Calibration against the released learning curves", "",
              "Success in % at each fine-tuning step (mean ± std over seeds; then each seed's). Released: the curve of the "
@@ -286,6 +288,11 @@ def write_report(out: str, released: dict[str, Curves] | None = None) -> str:
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(out, "calibration.json"), "w") as f:
         json.dump(rows, f, indent=1)
+    if figure is not None:
+        from experiments.figures import calibration_curves  # matplotlib only when asked
+
+        if calibration_curves([r for r in rows if figure in r["variant"]], os.path.join(out, "calibration.png")):
+            lines.append(f"\nfigure: {os.path.join(out, 'calibration.png')}")
     return "\n".join(lines)
 
 
@@ -314,6 +321,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="runs/calibration")
     p.add_argument("--released", nargs="*", default=[], metavar="PROTOCOL=CSV",
                    help="a protocol's released curves (experiments/released.py makes one from an authors' pickle)")
+    p.add_argument("--figure", nargs="?", const="", default=None, metavar="VARIANT",
+                   help="also OUT/calibration.png: curves beside the released bands, of the runs whose variant contains VARIANT")
     p.add_argument("--report-only", action="store_true")
     a = p.parse_args(argv)
     ckpt = 1 if a.checkpoint_interval is None else a.checkpoint_interval
@@ -339,7 +348,7 @@ def main(argv: list[str] | None = None) -> None:
             data = dataset(a, env)
             for algo in a.algos:
                 run_algo(a, task, env, task_id, domain, algo, changes, data)
-    print(write_report(a.out, released))
+    print(write_report(a.out, released, a.figure))
 
 
 if __name__ == "__main__":

@@ -161,3 +161,38 @@ def run_curves(run: Run, path: str) -> None:
             a.axvline(run.offline_steps, color="gray", ls="--", lw=0.8)  # offline -> online
     fig.tight_layout()
     _save(fig, path)
+
+
+def calibration_curves(rows: list[dict], path: str) -> bool:
+    """``benchmarks.calibrate``'s table as curves, one panel per task: each run's success (mean over seeds, ± std shaded)
+    at its evaluations, and the released mean ± 2 std (the band its "inside" uses) as an error bar at the released steps,
+    named by the released method."""
+    tasks = sorted({r["task"] for r in rows})
+    if not tasks:
+        return False
+    plt, fig, axes = _grid(len(tasks), width=6.0, height=4.2)
+    for ax, task in zip(axes, tasks, strict=False):
+        runs: dict[tuple[str, str, str], list[dict]] = {}
+        for r in rows:
+            if r["task"] == task:
+                runs.setdefault((r["algo"], r["variant"], r["protocol"]), []).append(r)
+        released = {}
+        for (algo, var, protocol), rs in sorted(runs.items()):
+            rs = sorted(rs, key=lambda r: r["step"])
+            xs, m, s = (np.array([r[k] for r in rs], dtype=float) for k in ("step", "mean", "std"))
+            seeds = max(len(r["seeds"]) for r in rs)
+            line, = ax.plot(xs, m, marker="o", ms=3, label=f"{method_name(algo)} {var} ({protocol}, {seeds} seed{'s' * (seeds != 1)})")
+            ax.fill_between(xs, m - s, m + s, color=line.get_color(), alpha=0.15)
+            released.update({(r["released_method"], r["step"]): r["released"] for r in rs if r["released"] is not None})
+        methods = sorted({m for m, _ in released})
+        nudge = 0.015 * max(step for _, step in released) if released else 0.0  # side by side where two methods share a step
+        for (method, step), (mean, std, n) in sorted(released.items()):
+            x = step + nudge * (methods.index(method) - (len(methods) - 1) / 2)
+            ax.errorbar(x, mean, yerr=2 * std, fmt="s", color="k", mfc="none", capsize=4)
+            ax.annotate(f"{method} released ({n})", (x, mean), textcoords="offset points", xytext=(6, -3), fontsize=7)
+        ax.set(title=task, xlabel="fine-tuning step", ylabel="success (%)", ylim=(-3, 108))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    _save(fig, path)
+    return True

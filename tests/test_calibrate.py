@@ -129,7 +129,7 @@ def test_separate_flow_and_critic_widths(tmp_path, monkeypatch):
     """--value-hidden-dims alone widens the critic and leaves the flow at --hidden-dims; the variant names both."""
     calls = []
     monkeypatch.setattr(calibrate.subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 0)
-    monkeypatch.setattr(calibrate, "write_report", lambda out, released=None: "")
+    monkeypatch.setattr(calibrate, "write_report", lambda out, released=None, figure=None: "")
     data = tmp_path / "scene-play-v0.npz"
     data.write_bytes(b"")
     common = ["--task", "scene-play-task1", "--algos", "qam", "--seeds", "0", "--dataset-path", str(data),
@@ -280,3 +280,23 @@ def test_a_protocols_own_release_and_the_fine_tuning_steps(tmp_path):
             calibrate.main(["--report-only", "--out", str(out), "--released", bad])
     with pytest.raises(SystemExit, match="--released trqam=.*missing.csv"):
         calibrate.main(["--report-only", "--out", str(out), "--released", f"trqam={tmp_path / 'missing.csv'}"])
+
+
+def test_the_figure_has_the_runs_asked_for_and_the_released_bands(tmp_path, monkeypatch):
+    from experiments import figures
+
+    out = str(tmp_path)
+    base = os.path.join(out, "scene-play-task1", "qam")
+    write_run(os.path.join(base, "qam", "h512x4"), {0: {10000: 0.0, 50000: 1.0}})
+    write_run(os.path.join(base, "fql", "h512x4"), {0: {10000: 0.0, 50000: 0.2}})
+    write_run(os.path.join(base, "qam", "h128x2"), {0: {50000: 0.0}})
+    drawn = []
+    real = figures.calibration_curves
+    monkeypatch.setattr(figures, "calibration_curves", lambda rows, path: drawn.append(rows) or real(rows, path))
+    text = calibrate.write_report(out, figure="h512")
+    assert os.path.getsize(os.path.join(out, "calibration.png")) > 0 and "calibration.png" in text
+    assert {(r["algo"], r["variant"]) for r in drawn[0]} == {("qam", "h512x4"), ("fql", "h512x4")}
+    os.remove(os.path.join(out, "calibration.png"))
+    calibrate.write_report(out, figure="nothing-matches")
+    calibrate.write_report(out)
+    assert not os.path.exists(os.path.join(out, "calibration.png"))

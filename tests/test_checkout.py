@@ -63,7 +63,7 @@ def test_children_get_this_checkout_first_on_pythonpath(tmp_path, monkeypatch):
     # calibrate starts baselines/fql.py by path: with this checkout first
     envs = []
     monkeypatch.setattr(calibrate.subprocess, "call", lambda cmd, **kw: envs.append(kw["env"]) or 0)
-    monkeypatch.setattr(calibrate, "write_report", lambda out, released=None: "")
+    monkeypatch.setattr(calibrate, "write_report", lambda out, released=None, figure=None: "")
     data = tmp_path / "scene-play-v0.npz"
     data.write_bytes(b"")
     calibrate.main(["--task", "scene-play-task1", "--algos", "fql", "--seeds", "0", "--dataset-path", str(data),
