@@ -293,6 +293,8 @@ def write_report(out: str, released: dict[str, Curves] | None = None, figure: st
 
         if calibration_curves([r for r in rows if figure in r["variant"]], os.path.join(out, "calibration.png")):
             lines.append(f"\nfigure: {os.path.join(out, 'calibration.png')}")
+        else:
+            lines.append(f"\nno figure: no run's variant contains '{figure}'")
     return "\n".join(lines)
 
 

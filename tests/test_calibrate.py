@@ -297,6 +297,6 @@ def test_the_figure_has_the_runs_asked_for_and_the_released_bands(tmp_path, monk
     assert os.path.getsize(os.path.join(out, "calibration.png")) > 0 and "calibration.png" in text
     assert {(r["algo"], r["variant"]) for r in drawn[0]} == {("qam", "h512x4"), ("fql", "h512x4")}
     os.remove(os.path.join(out, "calibration.png"))
-    calibrate.write_report(out, figure="nothing-matches")
+    assert "no figure: no run's variant contains 'nothing-matches'" in calibrate.write_report(out, figure="nothing-matches")
     calibrate.write_report(out)
     assert not os.path.exists(os.path.join(out, "calibration.png"))
