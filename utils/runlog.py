@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from utils import ROOT  # this checkout (realpath)
 from utils.files import write_json
 
 TABLES = ("train", "eval", "online_episodes")
@@ -89,13 +90,12 @@ def wandb_init_kwargs(run_dir: str, args: Any) -> dict[str, Any]:
 
 SESSIONS_FILE = "sessions.jsonl"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "mujoco", "ogbench")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _git(*args: str) -> str | None:
-    """``git -C REPO ARGS``'s output, or None (no git, not a checkout, or it failed)."""
+    """``git -C ROOT ARGS``'s output, or None (no git, not a checkout, or it failed)."""
     try:
-        p = subprocess.run(["git", "-C", REPO, *args], capture_output=True, text=True, timeout=10, check=False)
+        p = subprocess.run(["git", "-C", ROOT, *args], capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     return p.stdout.strip() if p.returncode == 0 else None
@@ -116,7 +116,7 @@ def provenance() -> dict[str, Any]:
     versions, the JAX device and the machine. A field that cannot be read is None; this never raises."""
     # this project's own checkout only: an installed copy inside some other repository (a venv in a project) is no commit of it
     top = _git("rev-parse", "--show-toplevel")
-    commit = _git("rev-parse", "HEAD") if top and os.path.realpath(top) == os.path.realpath(REPO) else None
+    commit = _git("rev-parse", "HEAD") if top and os.path.realpath(top) == ROOT else None
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
     versions = {}
     for name in PACKAGES:
